@@ -1,0 +1,1 @@
+"""Interpretability: attention, head scores, attribution, patching, landscape, reports."""

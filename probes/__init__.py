@@ -1,0 +1,1 @@
+"""Probes fitted on cached activations, with control tasks and baselines."""

@@ -1,0 +1,1 @@
+"""Markov sources with exact references, the transformer, and its training."""

@@ -1,0 +1,226 @@
+"""Checkpoints: safetensors weights with the config and metadata in JSON beside them.
+
+A checkpoint is a directory:
+
+    step_000400/
+        model.safetensors      the model's state dict (HookedTransformer names; tied W_U not
+                               stored twice)
+        state.safetensors      optional extra tensors (optimiser moments, generator states)
+        checkpoint.json        format, config, metadata (step, seed, chain ...), package
+                               version, and the SHA-256 of every file above
+
+Nothing is ever unpickled. Writes are atomic: the directory is assembled under a temporary
+name and renamed into place, so an interrupted save never leaves a half checkpoint where a
+good one was; an existing checkpoint is only replaced with overwrite=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from training.config import ModelConfig
+from training.model import MarkovTransformer
+
+FORMAT = "markov-lens-checkpoint/1"
+MANIFEST = "checkpoint.json"
+WEIGHTS = "model.safetensors"
+STATE = "state.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt, or from another config."""
+
+
+def package_version() -> str:
+    try:
+        return importlib_metadata.version("markov-lens")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint directory holds, verified."""
+
+    path: Path
+    config: ModelConfig
+    metadata: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    version: str = "unknown"
+
+    @property
+    def step(self) -> int | None:
+        return self.metadata.get("step")
+
+
+def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: MarkovTransformer,
+    metadata: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (and optional extra `state` tensors) to the directory `path`, atomically.
+
+    metadata: JSON-able facts about the run (step, seed, chain spec, ...).
+    Raises FileExistsError if `path` exists and overwrite is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"checkpoint {path} already exists (pass overwrite=True)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = dict(metadata or {})
+    json.dumps(metadata)  # fail early, before touching the disk, on non-JSON metadata
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        files = {WEIGHTS: _contiguous_cpu(model.state_dict())}
+        if state:
+            files[STATE] = _contiguous_cpu(state)
+        digests = {}
+        for name, tensors in files.items():
+            save_file(tensors, str(tmp / name))
+            digests[name] = sha256_file(tmp / name)
+        manifest = {
+            "format": FORMAT,
+            "version": package_version(),
+            "config": model.cfg.to_dict(),
+            "metadata": metadata,
+            "sha256": digests,
+        }
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and verify a checkpoint directory (checksums, format, config) without building a
+    model. Raises CheckpointError saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"{path} has no {MANIFEST}: incomplete or not a checkpoint")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{manifest_path} is not valid JSON (corrupt): {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{manifest_path}: unknown format {got!r}, expected {FORMAT!r}")
+    digests = manifest.get("sha256", {})
+    if WEIGHTS not in digests:
+        raise CheckpointError(f"{manifest_path} lists no {WEIGHTS}")
+    loaded: dict[str, dict[str, torch.Tensor]] = {}
+    for name, expected in digests.items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"{file} is missing (incomplete checkpoint)")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise CheckpointError(
+                f"{file} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
+                f"{str(expected)[:12]}..."
+            )
+        try:
+            loaded[name] = load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file} is not a readable safetensors file: {err}") from err
+    try:
+        config = ModelConfig.from_dict(manifest.get("config"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{manifest_path} holds an invalid model config: {err}") from err
+    return Checkpoint(
+        path=path,
+        config=config,
+        metadata=manifest.get("metadata", {}),
+        weights=loaded[WEIGHTS],
+        state=loaded.get(STATE, {}),
+        version=manifest.get("version", "unknown"),
+    )
+
+
+def check_weights_match(model: MarkovTransformer, weights: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless `weights` has exactly the keys and shapes of `model`."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        if wrong:
+            parts.append(
+                "wrong shapes " + ", ".join(f"{k}: {got[k]} vs {expected[k]}" for k in wrong)
+            )
+        raise CheckpointError("weights do not match the config: " + "; ".join(parts))
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    expected_config: ModelConfig | None = None,
+) -> MarkovTransformer:
+    """A ready model (eval mode) from a checkpoint directory, on `device` (default: CUDA when
+    available, else CPU). With `expected_config`, a checkpoint of another architecture is
+    refused with the differing fields named."""
+    ckpt = read_checkpoint(path)
+    if expected_config is not None:
+        mine, theirs = expected_config.to_dict(), ckpt.config.to_dict()
+        diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine.get(k) != theirs.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{path} is from another config: {detail}")
+    return model_from_checkpoint(ckpt, device)
+
+
+def model_from_checkpoint(
+    ckpt: Checkpoint, device: str | torch.device | None = None
+) -> MarkovTransformer:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = MarkovTransformer(ckpt.config)
+    check_weights_match(model, ckpt.weights)
+    model.load_state_dict(ckpt.weights, strict=True)
+    return model.to(device).eval()

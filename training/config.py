@@ -1,0 +1,197 @@
+"""ModelConfig: every architectural knob of the Markov transformer, as one JSON-able dataclass.
+
+Field names follow TransformerLens's HookedTransformerConfig where one exists (n_layers,
+d_model, d_head, d_mlp, d_vocab, n_ctx, act_fn, normalization_type, attn_only,
+positional_embedding_type, use_attn_result ...), so that `ActivationCache`, `get_act_name`
+and `transformer_lens.patching` read `model.cfg` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ACT_FNS = ("gelu", "relu")
+NORMALIZATIONS = ("LN", None)
+POSITIONAL = ("standard", "none")
+INITS = ("paper", "theta_pi", "good")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only transformer on a small vocabulary.
+
+    attn_window: None is ordinary causal attention; an int M lets position n see positions
+    n-M..n (itself and the M previous ones: the paper's --memory M); a list gives one value
+    (int or None) per layer.
+    normalization_type: "LN" (pre-LayerNorm ln1, ln2, ln_final) or None; ln_bias adds the
+    LayerNorm bias (the paper has none).
+    linear_bias: biases on Q, K, V, O and the MLP (the paper has none); unembed_bias is the
+    unembedding bias b_U (the paper has one).
+    init: "paper" N(0, init_range) with residual output projections N(0, init_range/sqrt(2L));
+    other named initialisations are applied by `training.init.apply_init`.
+    """
+
+    d_vocab: int = 2
+    n_ctx: int = 1024
+    n_layers: int = 1
+    n_heads: int = 1
+    d_model: int = 8
+    d_head: int | None = None
+    d_mlp: int | None = None
+    attn_only: bool = False
+    act_fn: str = "gelu"
+    normalization_type: str | None = "LN"
+    ln_bias: bool = False
+    ln_eps: float = 1e-5
+    positional_embedding_type: str = "standard"
+    tie_embeddings: bool = True
+    unembed_bias: bool = True
+    linear_bias: bool = False
+    attn_window: int | list[int | None] | None = None
+    init: str = "paper"
+    init_range: float = 0.02
+    use_attn_result: bool = False
+    # Runtime only (not serialised): where the weights live. Kept in sync by the model.
+    device: str = field(default="cpu", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.d_head is None:
+            if self.d_model % max(self.n_heads, 1) != 0:
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "set d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        if isinstance(self.attn_window, tuple):
+            self.attn_window = list(self.attn_window)
+        self.validate()
+
+    def validate(self) -> None:
+        positive = {
+            "d_vocab": self.d_vocab,
+            "n_ctx": self.n_ctx,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_model": self.d_model,
+            "d_head": self.d_head,
+            "d_mlp": self.d_mlp,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_vocab < 2:
+            raise ValueError(f"d_vocab must be at least 2, got {self.d_vocab}")
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        if self.normalization_type not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization_type must be one of {NORMALIZATIONS}, got {self.normalization_type!r}"
+            )
+        if self.positional_embedding_type not in POSITIONAL:
+            raise ValueError(
+                f"positional_embedding_type must be one of {POSITIONAL}, "
+                f"got {self.positional_embedding_type!r}"
+            )
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not (self.init_range > 0):
+            raise ValueError(f"init_range must be > 0, got {self.init_range}")
+        windows = self.windows()
+        if len(windows) != self.n_layers:
+            raise ValueError(
+                f"attn_window lists {len(windows)} values but n_layers={self.n_layers}; "
+                "give one int/None, or one per layer"
+            )
+        for w in windows:
+            if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+                raise ValueError(
+                    f"attn_window values must be None (causal) or an int >= 0, got {w!r}"
+                )
+
+    def windows(self) -> list[int | None]:
+        """Attention window per layer (None = full causal)."""
+        if isinstance(self.attn_window, list):
+            return list(self.attn_window)
+        return [self.attn_window] * self.n_layers
+
+    # --- attributes TransformerLens reads from model.cfg --------------------------------
+    @property
+    def n_key_value_heads(self) -> None:
+        return None
+
+    @property
+    def use_split_qkv_input(self) -> bool:
+        return False
+
+    @property
+    def use_attn_in(self) -> bool:
+        return False
+
+    @property
+    def use_hook_mlp_in(self) -> bool:
+        return False
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        return False
+
+    @property
+    def final_rms(self) -> bool:
+        return False
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count of the model this config builds (tied weights counted once)."""
+        from training.model import MarkovTransformer  # local import: model imports config
+
+        return sum(p.numel() for p in MarkovTransformer(self).parameters())
+
+    # --- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"device"}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> ModelConfig:
+        """The architecture of the paper's code (REFERENCE.md section 3): d_model 8, 1 layer,
+        1 head, pre-LN without bias, no linear bias but the unembedding's, GELU MLP 4d wide,
+        learned positions, tied embeddings, N(0, 0.02) init with scaled residual projections."""
+        base = dict(
+            d_vocab=2,
+            n_ctx=1024,
+            n_layers=1,
+            n_heads=1,
+            d_model=8,
+            attn_only=False,
+            act_fn="gelu",
+            normalization_type="LN",
+            ln_bias=False,
+            positional_embedding_type="standard",
+            tie_embeddings=True,
+            unembed_bias=True,
+            linear_bias=False,
+            attn_window=None,
+            init="paper",
+            init_range=0.02,
+        )
+        base.update(overrides)
+        return cls(**base)

@@ -1,0 +1,69 @@
+"""Named initialisations of a MarkovTransformer (REFERENCE.md sections 1 and 4).
+
+- "paper": N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)) (done by the model itself).
+- "theta_pi": the unigram stationary point for a chain: token embedding W_E = 0, MLP W_in = 0,
+  every output projection (attention W_O, MLP W_out) = 0, W_U = 0 (tied: through W_E = 0;
+  untied: set explicitly, so the logits cannot depend on position), b_U = log pi so that
+  softmax(b_U) = pi (binary: b_U[1] - b_U[0] = log(p/q)). W_Q, W_K, W_V, W_pos keep their
+  paper init. Its loss is the unigram loss H(pi) and its gradient is 0.
+- "good": the Local-to-Global escaping init, as REFERENCE.md section 4 states it for the full
+  model: every entry of W_E = -1, W_pos = 0.5, MLP W_in = 2, W_out = -2; the rest paper init.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from training.model import MarkovTransformer
+
+
+@torch.no_grad()
+def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransformer:
+    """Set `model` to theta_pi for a stationary marginal `pi` [d_vocab] (all entries > 0)."""
+    pi = torch.as_tensor(pi, dtype=torch.float64)
+    if pi.shape != (model.cfg.d_vocab,):
+        raise ValueError(f"pi must have shape ({model.cfg.d_vocab},), got {tuple(pi.shape)}")
+    if (pi <= 0).any() or abs(float(pi.sum()) - 1) > 1e-6:
+        raise ValueError(f"pi must be a positive probability vector, got {pi.tolist()}")
+    if not model.cfg.unembed_bias:
+        raise ValueError("theta_pi needs the unembedding bias b_U (unembed_bias=True)")
+    model.embed.W_E.zero_()
+    if not model.cfg.tie_embeddings:
+        model.unembed.W_U_untied.zero_()
+    for block in model.blocks:
+        block.attn.W_O.zero_()
+        if not model.cfg.attn_only:
+            block.mlp.W_in.zero_()
+            block.mlp.W_out.zero_()
+    log_pi = pi.log()
+    model.unembed.b_U.copy_((log_pi - log_pi.mean()).to(model.unembed.b_U))
+    return model
+
+
+@torch.no_grad()
+def init_good(model: MarkovTransformer) -> MarkovTransformer:
+    """The Local-to-Global "good" init (REFERENCE.md section 4)."""
+    model.embed.W_E.fill_(-1.0)
+    if model.cfg.positional_embedding_type == "standard":
+        model.pos_embed.W_pos.fill_(0.5)
+    for block in model.blocks:
+        if not model.cfg.attn_only:
+            block.mlp.W_in.fill_(2.0)
+            block.mlp.W_out.fill_(-2.0)
+    return model
+
+
+def apply_init(
+    model: MarkovTransformer, name: str | None = None, pi: torch.Tensor | None = None
+) -> MarkovTransformer:
+    """Apply the named initialisation (default: model.cfg.init) on top of the paper init."""
+    name = name or model.cfg.init
+    if name == "paper":
+        return model
+    if name == "theta_pi":
+        if pi is None:
+            raise ValueError("init 'theta_pi' needs the chain's stationary marginal pi")
+        return init_theta_pi(model, pi)
+    if name == "good":
+        return init_good(model)
+    raise ValueError(f"unknown init {name!r}; allowed: 'paper', 'theta_pi', 'good'")

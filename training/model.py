@@ -1,0 +1,366 @@
+"""The Markov transformer: a nanoGPT-style decoder in TransformerLens HookedTransformer conventions.
+
+Parameters carry HookedTransformer names and shapes (embed.W_E, pos_embed.W_pos,
+blocks.{l}.attn.W_Q [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model],
+blocks.{l}.mlp.W_in [d_model, d_mlp], unembed.W_U [d_model, d_vocab], unembed.b_U ...) and
+every interesting activation passes through a HookPoint with the HookedTransformer name
+(hook_embed, blocks.{l}.hook_resid_pre, blocks.{l}.attn.hook_pattern, ...). It is built on
+`transformer_lens.HookedRootModule`, so `run_with_hooks`, `run_with_cache` (returning an
+`ActivationCache`) and `transformer_lens.patching` work on it unchanged.
+
+With `tie_embeddings`, unembed.W_U is embed.W_E transposed: one Parameter, one state-dict
+entry (REFERENCE.md section 3: wte.weight = lm_head.weight).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import einops
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from training.config import ModelConfig
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        pos = tokens.shape[-1]
+        return einops.repeat(self.W_pos[:pos], "pos d -> batch pos d", batch=tokens.shape[0])
+
+
+class Unembed(nn.Module):
+    """logits = x @ W_U + b_U. With tying, W_U is a view of the embedding's W_E (transposed)."""
+
+    def __init__(self, cfg: ModelConfig, embed: Embed):
+        super().__init__()
+        self.tied = cfg.tie_embeddings
+        # A plain attribute list keeps the embedding out of this module's state dict.
+        self._embed = [embed]
+        if not self.tied:
+            self.W_U_untied = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        if cfg.unembed_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        else:
+            self.register_buffer("b_U", torch.zeros(cfg.d_vocab), persistent=False)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self._embed[0].W_E.T if self.tied else self.W_U_untied
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U + self.b_U
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Accept the HookedTransformer key unembed.W_U for untied models.
+        if not self.tied and prefix + "W_U" in state_dict:
+            state_dict[prefix + "W_U_untied"] = state_dict.pop(prefix + "W_U")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.tied:
+            destination[prefix + "W_U"] = destination.pop(prefix + "W_U_untied")
+
+
+class LayerNorm(nn.Module):
+    """Pre-LayerNorm with weight w (and bias b when cfg.ln_bias), hooks as in TransformerLens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps = cfg.ln_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        if cfg.ln_bias:
+            self.b = nn.Parameter(torch.zeros(cfg.d_model))
+        else:
+            self.register_buffer("b", torch.zeros(cfg.d_model), persistent=False)
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w + self.b
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, window: int | None):
+        super().__init__()
+        self.cfg = cfg
+        self.window = window
+        H, D, Dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(H, D, Dh))
+        self.W_K = nn.Parameter(torch.empty(H, D, Dh))
+        self.W_V = nn.Parameter(torch.empty(H, D, Dh))
+        self.W_O = nn.Parameter(torch.empty(H, Dh, D))
+        for name, shape in (("b_Q", (H, Dh)), ("b_K", (H, Dh)), ("b_V", (H, Dh)), ("b_O", (D,))):
+            if cfg.linear_bias:
+                self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+            else:
+                self.register_buffer(name, torch.zeros(shape), persistent=False)
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos], masked
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], with use_attn_result
+
+    def mask(self, n: int, device: torch.device) -> Tensor:
+        """Boolean [n, n]: query i may attend to key j iff i - window <= j <= i."""
+        i = torch.arange(n, device=device)[:, None]
+        j = torch.arange(n, device=device)[None, :]
+        allowed = j <= i
+        if self.window is not None:
+            allowed = allowed & (j >= i - self.window)
+        return allowed
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
+        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
+        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        allowed = self.mask(x.shape[1], x.device)
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+            return result.sum(dim=2) + self.b_O
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        for name, size in (("b_in", cfg.d_mlp), ("b_out", cfg.d_model)):
+            if cfg.linear_bias:
+                self.register_parameter(name, nn.Parameter(torch.zeros(size)))
+            else:
+                self.register_buffer(name, torch.zeros(size), persistent=False)
+        self.act = F.gelu if cfg.act_fn == "gelu" else F.relu
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        return self.hook_post(self.act(pre)) @ self.W_out + self.b_out
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        norm = cfg.normalization_type == "LN"
+        self.ln1 = LayerNorm(cfg) if norm else nn.Identity()
+        self.attn = Attention(cfg, cfg.windows()[layer])
+        if not cfg.attn_only:
+            self.ln2 = LayerNorm(cfg) if norm else nn.Identity()
+            self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid)))
+        if self.cfg.attn_only:
+            return self.hook_resid_post(resid)
+        resid = self.hook_resid_mid(resid)
+        resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+
+class MarkovTransformer(HookedRootModule):
+    """Decoder-only transformer over token ids [batch, pos] (REFERENCE.md section 3).
+
+    forward(tokens) returns logits [batch, pos, d_vocab]; return_type="loss" gives the mean
+    next-token cross-entropy (nats) over positions 0..pos-2, "per_token_loss" gives it per
+    position [batch, pos-1], "both" gives (logits, loss).
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positional_embedding_type == "standard":
+            self.pos_embed = PosEmbed(cfg)
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, layer) for layer in range(cfg.n_layers))
+        if cfg.normalization_type == "LN":
+            self.ln_final = LayerNorm(cfg)
+        else:
+            self.ln_final = nn.Identity()
+        self.unembed = Unembed(cfg, self.embed)
+        self.init_weights(seed)
+        self.setup()
+
+    # --- initialisation -----------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """The paper's init: N(0, init_range) on embeddings and linear maps, residual output
+        projections (W_O, W_out) N(0, init_range / sqrt(2 n_layers)), LayerNorm w = 1, biases 0.
+        Seeded from `seed` when given (same seed, same weights)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = self.cfg.init_range
+        resid_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, param in self.named_parameters():
+            leaf = name.split(".")[-1]
+            if leaf in ("w",):
+                param.fill_(1.0)
+            elif leaf.startswith("b_") or leaf == "b":
+                param.zero_()
+            else:
+                s = resid_std if leaf in ("W_O", "W_out") else std
+                param.copy_(torch.randn(param.shape, generator=gen) * s)
+
+    # --- device bookkeeping -------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.embed.W_E.device)
+        return out
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    # --- forward ------------------------------------------------------------------------
+    def check_tokens(self, tokens: Tensor) -> Int[Tensor, "batch pos"]:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} is longer than n_ctx={self.cfg.n_ctx}"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
+            bad = int(tokens.min()) if tokens.min() < 0 else int(tokens.max())
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.cfg.d_vocab - 1}")
+        return tokens.long()
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        return_type: Literal["logits", "loss", "per_token_loss", "both"] | None = "logits",
+    ):
+        tokens = self.check_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional_embedding_type == "standard":
+            resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
+        for block in self.blocks:
+            resid = block(resid)
+        logits = self.unembed(self.ln_final(resid))
+        if return_type in ("logits", None):
+            return logits
+        if return_type == "per_token_loss":
+            return per_token_loss(logits, tokens)
+        if return_type == "loss":
+            return per_token_loss(logits, tokens).mean()
+        if return_type == "both":
+            return logits, per_token_loss(logits, tokens).mean()
+        raise ValueError(
+            f"return_type must be 'logits', 'loss', 'per_token_loss' or 'both', got {return_type!r}"
+        )
+
+    def run_with_cache(self, *model_args, return_cache_object: bool = True, **kwargs):
+        """Run the model and cache activations, as HookedTransformer.run_with_cache: returns
+        (output, ActivationCache), or a plain dict with return_cache_object=False."""
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        if not return_cache_object:
+            return out, cache_dict
+        has_batch_dim = not kwargs.get("remove_batch_dim", False)
+        return out, ActivationCache(cache_dict, self, has_batch_dim=has_batch_dim)
+
+    # --- helpers TransformerLens's ActivationCache calls ---------------------------------
+    def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
+        """Direction in the normalised residual stream whose dot product is the token's logit
+        (minus b_U): ln_final.w * W_U[:, token], since this model's final LayerNorm weight is
+        not folded into W_U."""
+        tokens = torch.as_tensor(tokens, device=self.W_E.device)
+        directions = self.W_U[:, tokens]
+        directions = einops.rearrange(directions, "d_model ... -> ... d_model")
+        if isinstance(self.ln_final, LayerNorm):
+            directions = directions * self.ln_final.w
+        return directions
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, "d_model"]:
+        """Sum of the attention and MLP output biases up to `layer` (zero without linear_bias)."""
+        bias = torch.zeros(self.cfg.d_model, device=self.W_E.device)
+        for i, block in enumerate(self.blocks):
+            if i > layer or (i == layer and not mlp_input):
+                break
+            bias = bias + block.attn.b_O
+            if i < layer and include_mlp_biases and not self.cfg.attn_only:
+                bias = bias + block.mlp.b_out
+        return bias
+
+    def to_single_token(self, token) -> int:
+        return int(token)
+
+    def set_use_attn_result(self, value: bool) -> None:
+        self.cfg.use_attn_result = value
+
+    def hooked_state_dict(self) -> dict[str, Tensor]:
+        """State dict in HookedTransformer format (W_U and disabled biases written out), as
+        TransformerLens's `convert_tl_checkpoint` expects."""
+        out = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        out["unembed.W_U"] = self.W_U.detach().clone()
+        out["unembed.b_U"] = self.unembed.b_U.detach().clone()
+        for layer, block in enumerate(self.blocks):
+            for name in ("b_Q", "b_K", "b_V", "b_O"):
+                out[f"blocks.{layer}.attn.{name}"] = getattr(block.attn, name).detach().clone()
+            if not self.cfg.attn_only:
+                for name in ("b_in", "b_out"):
+                    out[f"blocks.{layer}.mlp.{name}"] = getattr(block.mlp, name).detach().clone()
+            for ln in ("ln1", "ln2"):
+                mod = getattr(block, ln, None)
+                if isinstance(mod, LayerNorm):
+                    out[f"blocks.{layer}.{ln}.b"] = mod.b.detach().clone()
+        if isinstance(self.ln_final, LayerNorm):
+            out["ln_final.b"] = self.ln_final.b.detach().clone()
+        return out
+
+
+def per_token_loss(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy (nats) of predicting tokens[:, n+1] from logits[:, n]."""
+    log_probs = logits[:, :-1].log_softmax(dim=-1)
+    return -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
