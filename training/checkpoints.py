@@ -95,7 +95,10 @@ def save_checkpoint(
         raise FileExistsError(f"checkpoint {path} already exists (pass overwrite=True)")
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = dict(metadata or {})
-    json.dumps(metadata)  # fail early, before touching the disk, on non-JSON metadata
+    try:  # fail early, before touching the disk, on non-JSON metadata
+        json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         files = {WEIGHTS: _contiguous_cpu(model.state_dict())}
@@ -120,7 +123,11 @@ def save_checkpoint(
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous checkpoint back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
@@ -222,5 +229,8 @@ def model_from_checkpoint(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = MarkovTransformer(ckpt.config)
     check_weights_match(model, ckpt.weights)
+    dtypes = {v.dtype for v in ckpt.weights.values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
+        model = model.to(dtypes.pop())
     model.load_state_dict(ckpt.weights, strict=True)
     return model.to(device).eval()

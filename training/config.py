@@ -19,6 +19,11 @@ POSITIONAL = ("standard", "none")
 INITS = ("paper", "theta_pi", "good")
 
 
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only transformer on a small vocabulary.
@@ -58,8 +63,11 @@ class ModelConfig:
     device: str = field(default="cpu", compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Check the sizes d_head and d_mlp are derived from before deriving them.
+        for name in ("n_heads", "d_model"):
+            _check_positive_int(name, getattr(self, name))
         if self.d_head is None:
-            if self.d_model % max(self.n_heads, 1) != 0:
+            if self.d_model % self.n_heads != 0:
                 raise ValueError(
                     f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
                     "set d_head explicitly"
@@ -82,8 +90,7 @@ class ModelConfig:
             "d_mlp": self.d_mlp,
         }
         for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _check_positive_int(name, value)
         if self.d_vocab < 2:
             raise ValueError(f"d_vocab must be at least 2, got {self.d_vocab}")
         if self.act_fn not in ACT_FNS:

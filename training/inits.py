@@ -29,7 +29,7 @@ def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransform
         raise ValueError("theta_pi needs the unembedding bias b_U (unembed_bias=True)")
     model.embed.W_E.zero_()
     if not model.cfg.tie_embeddings:
-        model.unembed.W_U_untied.zero_()
+        model.unembed.W_U.zero_()
     for block in model.blocks:
         block.attn.W_O.zero_()
         if not model.cfg.attn_only:

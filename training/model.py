@@ -49,7 +49,9 @@ class PosEmbed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """logits = x @ W_U + b_U. With tying, W_U is a view of the embedding's W_E (transposed)."""
+    """logits = x @ W_U + b_U. Untied: W_U is this module's Parameter (named unembed.W_U, as in
+    HookedTransformer). Tied: W_U is the embedding's W_E transposed, a view and no Parameter
+    of its own, so the pair is one Parameter with one state-dict entry (embed.W_E)."""
 
     def __init__(self, cfg: ModelConfig, embed: Embed):
         super().__init__()
@@ -57,29 +59,20 @@ class Unembed(nn.Module):
         # A plain attribute list keeps the embedding out of this module's state dict.
         self._embed = [embed]
         if not self.tied:
-            self.W_U_untied = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         if cfg.unembed_bias:
             self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         else:
             self.register_buffer("b_U", torch.zeros(cfg.d_vocab), persistent=False)
 
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self._embed[0].W_E.T if self.tied else self.W_U_untied
+    def __getattr__(self, name: str):
+        # Reached only when normal lookup fails: for a tied model W_U is no Parameter here.
+        if name == "W_U" and self.__dict__.get("tied"):
+            return self.__dict__["_embed"][0].W_E.T
+        return super().__getattr__(name)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         return x @ self.W_U + self.b_U
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Accept the HookedTransformer key unembed.W_U for untied models.
-        if not self.tied and prefix + "W_U" in state_dict:
-            state_dict[prefix + "W_U_untied"] = state_dict.pop(prefix + "W_U")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not self.tied:
-            destination[prefix + "W_U"] = destination.pop(prefix + "W_U_untied")
 
 
 class LayerNorm(nn.Module):
@@ -257,9 +250,9 @@ class MarkovTransformer(HookedRootModule):
     # --- forward ------------------------------------------------------------------------
     def check_tokens(self, tokens: Tensor) -> Int[Tensor, "batch pos"]:
         if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
+            raise ValueError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
         if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+            raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2:
