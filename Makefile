@@ -17,7 +17,7 @@ $(BIN)/markov-lens: pyproject.toml
 		echo "No GPU: pinning the CPU build torch==2.13.0"; \
 		$(BIN)/pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

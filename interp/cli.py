@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, UserError) as err:
+    except (ValueError, OSError, KeyError, UserError) as err:  # OSError: also disk full,
+        # permission denied, a directory where a file was expected: one line, no traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"markov-lens {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -33,8 +33,12 @@ from torch import Tensor
 INITS = ("stationary", "uniform")
 FAMILIES = ("binary", "kth_order", "in_context")
 ROW_SUM_TOL = 1e-6
-EIG_TOL = 1e-9  # eigenvalues of the lifted matrix this close to 1 count as 1
 SCAN_BUDGET = 1 << 24  # max elements of one [batch, positions, S^k] transition table
+MAX_KERNEL_ENTRIES = 1 << 24  # S^(k+1): a kernel of 128 MiB (float64)
+MAX_LIFTED_STATES = 1 << 12  # S^k for the exact stationary law (a dense S^k x S^k solve)
+MAX_SEED = (1 << 64) - 1  # torch.Generator.manual_seed's range
+MAX_IN_CONTEXT_STATIONARY = 1 << 8  # S^k of in-context chains with init="stationary":
+# every sequence solves its own S^k x S^k system
 
 # ----------------------------------------------------------------------------- validation
 
@@ -62,6 +66,23 @@ def _check_positive(name: str, value: Any) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def _check_size(states: int, order: int) -> None:
+    """ValueError unless a kernel [S]*k + [S] has at most MAX_KERNEL_ENTRIES entries."""
+    if order >= 24 or states ** (order + 1) > MAX_KERNEL_ENTRIES:  # S >= 2: 2^25 > the cap
+        raise ValueError(
+            f"states={states}, order={order}: the kernel would have S^(k+1) = "
+            f"{states}^{order + 1} entries, more than the {MAX_KERNEL_ENTRIES} supported; use "
+            "fewer states or a lower order"
+        )
+
+
+def _check_seed(seed: Any) -> int:
+    seed = _check_int("seed", seed, 0)
+    if seed > MAX_SEED:
+        raise ValueError(f"seed must be at most 2**64 - 1, got {seed}")
+    return seed
 
 
 def _check_init(init: Any) -> str:
@@ -116,34 +137,102 @@ def lifted_matrix(kernel: Float[Tensor, "*ctx S"]) -> Float[Tensor, "M M"]:
     return P.scatter_(1, cols, flat)
 
 
+def _lifted_successors(kernel: Float[Tensor, "*ctx S"]) -> tuple[Tensor, Tensor]:
+    """Edges (z, z') of the lifted chain with K[z, s] > 0, as two index tensors."""
+    S, k = kernel.shape[-1], kernel.ndim - 1
+    M = S**k
+    z = torch.arange(M, device=kernel.device)
+    dst = (z * S % M)[:, None] + torch.arange(S, device=kernel.device)
+    keep = kernel.reshape(M, S) > 0
+    return z[:, None].expand(M, S)[keep], dst[keep]
+
+
+def _reach(start: int, src: Tensor, dst: Tensor, M: int) -> Tensor:
+    """Boolean [M]: the states reachable from `start` along the edges src -> dst (BFS)."""
+    seen = torch.zeros(M, dtype=torch.bool, device=src.device)
+    seen[start] = True
+    frontier = seen.clone()
+    while frontier.any():
+        nxt = torch.zeros_like(seen)
+        nxt[dst[frontier[src]]] = True
+        frontier = nxt & ~seen
+        seen |= frontier
+    return seen
+
+
+def closed_classes_unique(kernel: Float[Tensor, "*ctx S"]) -> bool:
+    """Whether the lifted chain has exactly one closed communicating class, i.e. a unique
+    stationary law. Exact: a graph search on the support of the kernel (no eigenvalues).
+
+    Walks down the classes from state 0: a state c whose forward set F can all reach c back
+    is in a closed class; the law is unique iff every state can reach c.
+    """
+    S, k = kernel.shape[-1], kernel.ndim - 1
+    M = S**k
+    src, dst = _lifted_successors(kernel)
+    c = 0
+    while True:
+        forward = _reach(c, src, dst, M)
+        backward = _reach(c, dst, src, M)
+        if backward.all():
+            return True
+        escaped = forward & ~backward
+        if not escaped.any():  # c's class is closed and some state cannot reach it
+            return False
+        c = int(escaped.nonzero()[0])
+
+
 def stationary_law(kernel: Float[Tensor, "*ctx S"]) -> Float[Tensor, "*ctx"]:
     """Unique stationary law of the lifted chain, shape [S]*k (float64).
 
     Solves pi (P - I) = 0, sum(pi) = 1. Raises ValueError when the chain is reducible, i.e.
-    the eigenvalue 1 of P has multiplicity > 1 (eigenvalues within 1e-9 of 1; for a
-    stochastic matrix it is semisimple, so this is the dimension of the stationary laws).
-    Periodic chains are fine: their other unit-modulus eigenvalues are not 1.
+    it has more than one closed class of states (closed_classes_unique: exact, from which
+    transitions have probability > 0, so a nearly reducible chain such as p = q = 1e-12 still
+    has its law), or when S^k > MAX_LIFTED_STATES (the solve is dense). Periodic chains are
+    fine. Transient states get probability 0.
     """
     S, k = kernel.shape[-1], kernel.ndim - 1
     M = S**k
-    P = lifted_matrix(kernel.to(torch.float64))
-    multiplicity = int(((torch.linalg.eigvals(P) - 1).abs() < EIG_TOL).sum())
-    if multiplicity != 1:
+    if M > MAX_LIFTED_STATES:
         raise ValueError(
-            f"the chain is reducible: eigenvalue 1 has multiplicity {multiplicity}, so its "
+            f"the exact stationary law of a chain with S^k = {S}^{k} = {M} contexts needs a "
+            f"dense {M} x {M} solve; at most {MAX_LIFTED_STATES} contexts are supported"
+        )
+    kernel = kernel.to(torch.float64)
+    if not closed_classes_unique(kernel):
+        raise ValueError(
+            "the chain is reducible: it has more than one closed class of states, so its "
             "stationary law is not unique; use init='uniform' or a kernel whose states all "
             "communicate"
         )
-    A = P.T - torch.eye(M, dtype=torch.float64)
+    # pi Q = 0 for the generator Q = P - I, built without 1 - P[z, z] (which loses every
+    # probability below 1e-16: p = q = 1e-20 gave pi = (1, 0)): Q[z, z] = -e_z, the exit rate
+    # e_z = sum of the row's other entries. Rows are scaled by 1/e_z (diagonal -1) and pi is
+    # w_z / e_z for the solution w of the scaled system, so subnormal rates stay exact.
+    off = lifted_matrix(kernel).fill_diagonal_(0.0)
+    exit_rate = off.sum(1)
+    if (exit_rate == 0).any():  # an absorbing state: with a unique closed class, the law
+        pi = (exit_rate == 0).to(torch.float64)
+        return (pi / pi.sum()).reshape([S] * k)
+    A = (off / exit_rate[:, None]).fill_diagonal_(-1.0).T.contiguous()
     A[-1] = 1.0  # the rows of A are dependent; swap one for the normalisation
     b = torch.zeros(M, dtype=torch.float64)
     b[-1] = 1.0
-    pi = torch.linalg.solve(A, b).clamp_min(0.0)
-    return (pi / pi.sum()).reshape([S] * k)
+    w = torch.linalg.solve_ex(A, b)[0].clamp_min(0.0)
+    pi = w * (exit_rate.min() / exit_rate)
+    total = pi.sum()
+    if not (torch.isfinite(pi).all() and total > 0):
+        raise ValueError("the stationary law could not be computed (a numerically singular chain)")
+    return (pi / total).reshape([S] * k)
 
 
 def _batched_stationary(kernels: Float[Tensor, "B M S"]) -> Float[Tensor, "B M"]:
-    """Stationary laws of a batch of lifted chains (each assumed irreducible)."""
+    """Stationary laws of a batch of lifted chains (each assumed irreducible), solved in
+    chunks of sequences so that no [chunk, M, M] system exceeds SCAN_BUDGET elements."""
+    B, M, _ = kernels.shape
+    chunk = max(1, SCAN_BUDGET // (M * M))
+    if B > chunk:
+        return torch.cat([_batched_stationary(kernels[i : i + chunk]) for i in range(0, B, chunk)])
     B, M, S = kernels.shape
     z = torch.arange(M, device=kernels.device)
     cols = ((z * S % M)[:, None] + torch.arange(S, device=kernels.device)).expand(B, M, S)
@@ -554,6 +643,7 @@ class KthOrderChain(_FixedKernelChain):
     def lag(cls, k: int, p: float, q: float, init: str = "stationary") -> KthOrderChain:
         """The paper's lag-k binary chain: x_{n+1} depends only on x_{n-k+1} (k steps back)."""
         k = _check_int("k", k, 1, " (the lag is the chain's order)")
+        _check_size(2, k)
         base = BinaryChain(p, q).kernel_tensor()
         kernel = base.view(2, *[1] * (k - 1), 2).expand([2] * (k + 1))
         return cls(kernel, init, label=f"lag(k={k}, p={float(p):g}, q={float(q):g})")
@@ -565,6 +655,7 @@ class KthOrderChain(_FixedKernelChain):
         """Stay with prob 1-p, move to each other state with p/(S-1); depends on x_n only."""
         S = _check_int("states", states, 2)
         order = _check_int("order", order, 1)
+        _check_size(S, order)
         p = _check_prob("p", p)
         base = torch.full((S, S), p / (S - 1), dtype=torch.float64)
         base.fill_diagonal_(1 - p)
@@ -578,8 +669,9 @@ class KthOrderChain(_FixedKernelChain):
         """Rows drawn once from Dirichlet(alpha) with ``torch.Generator().manual_seed(seed)``."""
         S = _check_int("states", states, 2)
         order = _check_int("order", order, 1)
+        _check_size(S, order)
         alpha = _check_positive("alpha", alpha)
-        gen = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+        gen = torch.Generator().manual_seed(_check_seed(seed))
         kernel = _dirichlet(alpha, (S**order, S), gen, "cpu").reshape([S] * (order + 1))
         label = f"random(states={S}, order={order}, alpha={alpha:g}, seed={seed})"
         return cls(kernel, init, label=label)
@@ -635,10 +727,22 @@ class InContextChain(MarkovChain):
     def __post_init__(self):
         object.__setattr__(self, "states", _check_int("states", self.states, 2))
         object.__setattr__(self, "order", _check_int("order", self.order, 1))
+        _check_size(self.states, self.order)
         object.__setattr__(self, "alpha", _check_positive("alpha", self.alpha))
         if not isinstance(self.doubly_stochastic, bool):
             raise ValueError(f"doubly_stochastic must be a bool, got {self.doubly_stochastic!r}")
         _check_init(self.init)
+        M = self.states**self.order
+        if (
+            self.init == "stationary"
+            and not self.doubly_stochastic
+            and M > MAX_IN_CONTEXT_STATIONARY
+        ):
+            raise ValueError(
+                f"init='stationary' solves a {M} x {M} system per sequence (states={self.states}, "
+                f"order={self.order}); at most {MAX_IN_CONTEXT_STATIONARY} contexts are "
+                "supported: use init='uniform'"
+            )
 
     @property
     def n_states(self) -> int:
@@ -710,7 +814,7 @@ def chain_from_dict(d: dict) -> MarkovChain:
     if not isinstance(d, dict) or "family" not in d:
         raise ValueError(f"a chain dict needs a 'family' key, one of {FAMILIES}; got {d!r}")
     family = d["family"]
-    if family not in _KEYS:
+    if not isinstance(family, str) or family not in _KEYS:
         raise ValueError(f"unknown chain family {family!r}; expected one of {FAMILIES}")
     required, optional = _KEYS[family]
     args = {key: value for key, value in d.items() if key != "family"}

@@ -43,6 +43,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, corrupt, or from another config."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permission denied, ...); whatever was
+    at the destination before is untouched."""
+
+
 def package_version() -> str:
     try:
         return importlib_metadata.version("markov-lens")
@@ -99,7 +104,10 @@ def save_checkpoint(
         json.dumps(metadata)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         files = {WEIGHTS: _contiguous_cpu(model.state_dict())}
         if state:
@@ -131,10 +139,25 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(path, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write_error(path: Path, err: Exception) -> CheckpointWriteError:
+    kept = (
+        f"the previous checkpoint {path} is intact"
+        if path.exists()
+        else f"nothing was written at {path}"
+    )
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    error = CheckpointWriteError(f"cannot save checkpoint {path}: {reason}; {kept}")
+    error.errno = getattr(err, "errno", None)
+    return error
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -150,18 +173,34 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{manifest_path} is not valid JSON (corrupt): {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"{manifest_path} cannot be read: {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise CheckpointError(f"{manifest_path}: unknown format {got!r}, expected {FORMAT!r}")
     digests = manifest.get("sha256", {})
-    if WEIGHTS not in digests:
-        raise CheckpointError(f"{manifest_path} lists no {WEIGHTS}")
+    if not isinstance(digests, dict) or WEIGHTS not in digests:
+        raise CheckpointError(f"{manifest_path} lists no {WEIGHTS} in its sha256 table")
+    unknown = sorted(str(name) for name in digests if name not in (WEIGHTS, STATE))
+    if unknown:  # never open a path the manifest names (../.., /dev/zero ...)
+        raise CheckpointError(
+            f"{manifest_path} lists unknown files {unknown}; a checkpoint holds {WEIGHTS} "
+            f"and optionally {STATE}"
+        )
+    metadata = manifest.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f"{manifest_path}: metadata must be a JSON object, got {type(metadata).__name__}"
+        )
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for name, expected in digests.items():
         file = path / name
-        if not file.exists():
+        if not file.is_file():
             raise CheckpointError(f"{file} is missing (incomplete checkpoint)")
-        actual = sha256_file(file)
+        try:
+            actual = sha256_file(file)
+        except OSError as err:
+            raise CheckpointError(f"{file} cannot be read: {err}") from err
         if actual != expected:
             raise CheckpointError(
                 f"{file} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
@@ -178,10 +217,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(
         path=path,
         config=config,
-        metadata=manifest.get("metadata", {}),
+        metadata=metadata,
         weights=loaded[WEIGHTS],
         state=loaded.get(STATE, {}),
-        version=manifest.get("version", "unknown"),
+        version=str(manifest.get("version", "unknown")),
     )
 
 
@@ -215,20 +254,26 @@ def load_checkpoint(
     refused with the differing fields named."""
     ckpt = read_checkpoint(path)
     if expected_config is not None:
-        mine, theirs = expected_config.to_dict(), ckpt.config.to_dict()
-        diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine.get(k) != theirs.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
+        detail = config_difference(expected_config, ckpt.config)
+        if detail:
             raise CheckpointError(f"{path} is from another config: {detail}")
     return model_from_checkpoint(ckpt, device)
+
+
+def config_difference(expected: ModelConfig, got: ModelConfig) -> str:
+    """'d_model=16 (expected 8), ...' for the fields where `got` differs ('' if none)."""
+    mine, theirs = expected.to_dict(), got.to_dict()
+    diff = {k: (theirs.get(k), mine.get(k)) for k in mine if mine.get(k) != theirs.get(k)}
+    return ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
 
 
 def model_from_checkpoint(
     ckpt: Checkpoint, device: str | torch.device | None = None
 ) -> MarkovTransformer:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.device("meta"):  # check the shapes before allocating what the config asks
+        check_weights_match(MarkovTransformer(ckpt.config), ckpt.weights)
     model = MarkovTransformer(ckpt.config)
-    check_weights_match(model, ckpt.weights)
     dtypes = {v.dtype for v in ckpt.weights.values() if v.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
         model = model.to(dtypes.pop())

@@ -107,6 +107,8 @@ def _load_kernel(path: str) -> list:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"--kernel {path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"--kernel {path}: JSON nested too deeply for a kernel") from None
 
 
 def chain_from_args(args: argparse.Namespace) -> MarkovChain:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,14 @@ ACT_FNS = ("gelu", "relu")
 NORMALIZATIONS = ("LN", None)
 POSITIONAL = ("standard", "none")
 INITS = ("paper", "theta_pi", "good")
+BOOL_FIELDS = (
+    "attn_only",
+    "ln_bias",
+    "tie_embeddings",
+    "unembed_bias",
+    "linear_bias",
+    "use_attn_result",
+)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -106,8 +115,19 @@ class ModelConfig:
             )
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not (self.init_range > 0):
-            raise ValueError(f"init_range must be > 0, got {self.init_range}")
+        for name in ("init_range", "ln_eps"):
+            value = getattr(self, name)
+            try:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                ok = ok and math.isfinite(float(value)) and value > 0
+            except OverflowError:  # an int beyond float range
+                ok = False
+            if not ok:
+                raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+            setattr(self, name, float(value))  # torch cannot add an int beyond int64
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         windows = self.windows()
         if len(windows) != self.n_layers:
             raise ValueError(

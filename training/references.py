@@ -24,6 +24,7 @@ from training.chains import (
     MarkovChain,
     _check_int,
     _check_positive,
+    _check_seed,
     add_pseudocount_probs,
     stationary_law,
 )
@@ -72,7 +73,7 @@ def stationary_distribution(chain: MarkovChain) -> Float[Tensor, "*ctx"]:
     """Stationary law of the chain lifted to k-tuples, shape [S]*k (oldest token first).
 
     Solves pi P = pi, sum pi = 1 for the lifted S^k x S^k matrix P. ValueError if the chain
-    is reducible (eigenvalue 1 of P with multiplicity > 1: no unique stationary law).
+    is reducible (more than one closed class of states: no unique stationary law).
     Transient states are fine (they get probability 0).
     Periodic chains are accepted: the law is unique and, by the ergodic theorem, the
     empirical -log-likelihood per token still converges to the entropy rate.
@@ -179,7 +180,7 @@ def in_context_losses(
     chunk = _check_int("chunk", chunk, 1)
     S, k = chain.n_states, chain.order
     names = ("uniform", "unigram", "bigram", "bayes", "oracle")
-    gen = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+    gen = torch.Generator().manual_seed(_check_seed(seed))
     total = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     total_sq = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     seq_means = {n: [] for n in names}

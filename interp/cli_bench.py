@@ -1,0 +1,111 @@
+"""markov-lens bench: measure every speed claim of the package here, as ratios.
+
+markov-lens bench --quick                 # about a minute on a 2-core CPU
+markov-lens bench                         # the paper's settings (long on a CPU)
+markov-lens bench --only ensemble,scaling --members 64 --json bench.json
+
+Each comparison prints one line ``NAME: A vs B: R.Rx`` (R = B's time / A's time), measured
+in this process (training.bench). This command lives in interp because it also times the
+batched activation patching of interp.patching_bench against transformer_lens.patching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from training.bench import SECTIONS, Comparison, run_benchmarks
+
+
+def patching_comparisons(mode: str, device: str) -> list[Comparison]:
+    """interp.patching_bench's comparison(s) as bench Comparisons (a "skipped" one if that
+    module is not available)."""
+    try:
+        bench = importlib.import_module("interp.patching_bench")
+    except ImportError as err:
+        return [
+            Comparison(
+                "patching",
+                "batched",
+                "transformer_lens.patching",
+                None,
+                None,
+                skipped=f"interp.patching_bench is not available: {err}",
+            )
+        ]
+    rows = bench.benchmark_patching(**_patching_sizes(bench, mode, device))
+    return [
+        Comparison(
+            f"patching ({row['name']})",
+            "batched",
+            "transformer_lens.patching",
+            row["batched_s"],
+            row["transformer_lens_s"],
+            row,
+        )
+        for row in rows
+    ]
+
+
+def _patching_sizes(bench, mode: str, device: str) -> dict:
+    sizes = getattr(bench, "BENCH_SIZES", {})
+    return dict(sizes.get(mode, {})) | {"device": device}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure the speed claims (ensemble training, sampler, patching, reproductions)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced settings (each reduced line says so): about a minute on a 2-core CPU",
+    )
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds, for tests
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast (CUDA)"
+    )
+    p.add_argument("--members", type=int, default=None, help="ensemble size (default 32)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    p.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    for s in sections:
+        if s not in SECTIONS:
+            raise ValueError(f"--only: unknown section {s!r}; sections: {', '.join(SECTIONS)}")
+    if args.json is not None and args.json.exists():
+        raise FileExistsError(f"{args.json} exists; choose another --json path")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = run_benchmarks(
+        mode,
+        device=args.device,
+        members=args.members,
+        precision=args.precision,
+        sections=sections,
+        patching=patching_comparisons,
+        emit=lambda line: print(line, flush=True),
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0

@@ -1,0 +1,362 @@
+"""interp.landscape and `markov-lens landscape`: theta_pi's loss, gradient and Hessian verdict.
+
+What is true at theta_pi on a finite sample (checked exactly below): the loss is the sample
+cross-entropy of pi, within sampling error of the unigram loss H(pi); the gradient is NOT
+exactly 0: the unembedding bias gets pi - (empirical next-token frequencies) and W_U (tied:
+embed.W_E) gets the same residuals times the final LayerNorm output of W_pos; every other
+gradient entry is exactly 0. Its norm is of the size of the sampling noise.
+
+The verdict claims (tied one-layer model, d_model 4, 8 positions, 256 sequences, float64;
+verified stable over sample and model seeds): p = 0.2, q = 0.3 (p + q < 1) is a saddle, its
+negative curvature lying in the token embedding W_E, as the paper says; p = 0.5, q = 0.8
+(p + q > 1) shows no negative curvature beyond sampling error and positive curvature only
+along W_E: "local minimum (up to flat directions)", the paper's local minimum as far as a
+second-order test can tell (W_Q, W_K, W_V, W_O, the MLP and W_pos are flat to second order
+there). Untied, p = 0.5, q = 0.8 is a saddle (W_E against W_U), as the paper says.
+"""
+
+import json
+
+import pytest
+import torch
+
+from interp.cli import main
+from interp.landscape import (
+    LandscapeConfig,
+    agreement,
+    hessian_proxy,
+    hessian_report,
+    paper_prediction,
+    population_gradient,
+    population_loss,
+    sample_tokens,
+    theta_pi_analysis,
+    theta_pi_model,
+)
+from training.chains import BinaryChain
+from training.config import ModelConfig
+from training.recipe import TrainConfig
+from training.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny(tie: bool = True, **kw) -> ModelConfig:
+    return ModelConfig.paper(d_model=4, n_ctx=8, d_mlp=8, tie_embeddings=tie, **kw)
+
+
+# ------------------------------------------------------------------- loss and gradient
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_theta_pi_loss_and_gradient_on_a_finite_sample(tie):
+    chain = BinaryChain(0.5, 0.8)
+    model = theta_pi_model(tiny(tie), chain, seed=1, dtype=torch.float64)
+    tokens = sample_tokens(chain, 128, 8, seed=3, device="cpu")
+    pi = torch.tensor([chain.q, chain.p], dtype=torch.float64) / (chain.p + chain.q)
+    torch.testing.assert_close(model.unembed.b_U.softmax(-1), pi, atol=1e-15, rtol=0)
+    targets = tokens[:, 1:]
+    loss = population_loss(model, tokens)
+    assert loss.mean == pytest.approx(float(-pi.log()[targets].mean()), rel=1e-13)
+    assert abs(loss.mean - 0.666278442414676) < 4 * loss.se
+    g = population_gradient(model, tokens, n_groups=8)
+    w_u = "embed.W_E" if tie else "unembed.W_U"
+    for name, norm in g.by_param.items():
+        if name not in ("unembed.b_U", w_u):
+            assert norm == 0.0, name  # exactly zero, not merely small
+    grads = g.layout.unflatten(g.gradient)
+    freq = torch.stack([(targets == k).double().mean() for k in (0, 1)])
+    residual = pi - freq  # d loss / d logits, averaged
+    torch.testing.assert_close(grads["unembed.b_U"], residual, atol=1e-15, rtol=0)
+    assert residual.abs().max() > 0  # nonzero on a finite sample: zero only in expectation
+    ln_out = model.ln_final(model.pos_embed.W_pos[:7]).detach()  # [pos, d_model]
+    onehot = torch.nn.functional.one_hot(targets, 2).double()  # [batch, pos, 2]
+    expected = torch.einsum("bpk,pd->kd", pi - onehot, ln_out) / targets.numel()
+    got = grads[w_u] if tie else grads[w_u].T
+    torch.testing.assert_close(got, expected, atol=1e-14, rtol=1e-10)
+    assert g.norm < 4 * g.noise_norm  # as large as its sampling noise, no larger
+
+
+# ------------------------------------------------------------------------------ verdicts
+
+
+@pytest.fixture(scope="module")
+def verdicts():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = LandscapeConfig(n_sequences=256, method="exact", n_groups=8, noise_draws=2)
+    out = {
+        (tie, p, q): theta_pi_analysis(BinaryChain(p, q), tiny(tie), cfg, device="cpu")
+        for tie, p, q in [(True, 0.5, 0.8), (True, 0.2, 0.3), (False, 0.5, 0.8)]
+    }
+    torch.set_num_threads(old)
+    return out
+
+
+def test_tied_p_plus_q_below_1_is_a_saddle_in_the_embedding(verdicts):
+    res = verdicts[(True, 0.2, 0.3)]
+    h = res["hessian"]
+    assert h["verdict"] == "saddle"
+    assert h["heldout_curvature"] + h["heldout_z"] * h["heldout_se"] < 0
+    assert h["lambda_min"] < -10 * h["lambda_min_se"]
+    assert h["lambda_min_split"]["embed.W_E"] > 0.9
+    assert res["proxy"] < 0 and res["prediction"] == "saddle" and res["agreement"] == "agrees"
+
+
+def test_tied_p_plus_q_above_1_is_a_minimum_up_to_flat_directions(verdicts):
+    res = verdicts[(True, 0.5, 0.8)]
+    h = res["hessian"]
+    assert h["verdict"] == "local minimum (up to flat directions)"
+    z = h["heldout_z"]  # 3 SE, Bonferroni-corrected for the candidate directions
+    assert h["heldout_curvature"] + z * h["heldout_se"] >= 0  # no certified descent direction
+    assert h["heldout_max_curvature"] - z * h["heldout_max_se"] > 0
+    assert h["positive_space_split"]["embed.W_E"] > 0.9  # curved up only along W_E
+    assert h["n_flat"] > h["n_params"] // 2  # most directions are flat within error
+    assert res["proxy"] > 0 and res["agreement"] == "agrees"
+    assert abs(res["loss_z"]) < 4 and res["gradient"]["ratio"] < 4
+
+
+def test_untied_is_a_saddle_between_embedding_and_unembedding(verdicts):
+    h = verdicts[(False, 0.5, 0.8)]["hessian"]
+    assert h["verdict"] == "saddle"
+    split = h["lambda_min_split"]
+    assert split["embed.W_E"] > 0.3 and split["unembed.W_U"] > 0.3
+    assert verdicts[(False, 0.5, 0.8)]["agreement"] == "agrees"
+
+
+def test_lanczos_report_matches_the_exact_one():
+    chain = BinaryChain(0.2, 0.3)
+    model = theta_pi_model(tiny(), chain)
+    tokens = sample_tokens(chain, 64, 8, seed=0, device="cpu")
+    cfg = LandscapeConfig(n_sequences=64, method="exact", noise_draws=1, n_groups=4)
+    exact = hessian_report(model, tokens, cfg)
+    lz = hessian_report(model, tokens, LandscapeConfig(**{**cfg.to_dict(), "method": "lanczos"}))
+    assert lz.method == "lanczos" and exact.method == "exact"
+    assert lz.lambda_min == pytest.approx(exact.lambda_min, rel=1e-6)
+    assert lz.lambda_max == pytest.approx(exact.lambda_max, rel=1e-6)
+    assert lz.verdict == exact.verdict == "saddle"
+    assert len(exact.eigenvalues) == exact.n_params
+
+
+# ----------------------------------------------------------------------- proxy, predictions
+
+
+def test_hessian_proxy_is_the_papers_formula():
+    model = theta_pi_model(tiny(), BinaryChain(0.5, 0.8))
+    W = model.pos_embed.W_pos[:8].detach().double()
+    cov = torch.cov(W.T, correction=0)
+    for p, q in [(0.5, 0.8), (0.2, 0.3)]:
+        expected = torch.linalg.eigvalsh(2 * (p + q - 1) * torch.eye(4, dtype=W.dtype) + cov)[0]
+        assert hessian_proxy(model, p, q, 8) == pytest.approx(float(expected), rel=1e-10)
+        assert (hessian_proxy(model, p, q, 8) > 0) == (p + q > 1)
+
+
+def test_predictions_and_agreement():
+    assert paper_prediction(0.5, 0.8, True, 1) == "local minimum"
+    assert paper_prediction(0.2, 0.3, True, 1) == "saddle"
+    assert paper_prediction(0.5, 0.8, False, 1) == "saddle"
+    assert paper_prediction(0.5, 0.8, True, 2) is None
+    assert paper_prediction(0.4, 0.6, True, 2).startswith("global minimum")
+    assert agreement("local minimum (up to flat directions)", "local minimum") == "agrees"
+    assert agreement("saddle", "local minimum") == "disagrees"
+    assert agreement("degenerate (flat)", "saddle") == "undecided"
+    assert agreement("saddle", None) == "no prediction"
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="method"):
+        LandscapeConfig(method="power")
+    with pytest.raises(ValueError, match="n_groups"):
+        LandscapeConfig(n_groups=1)
+    with pytest.raises(ValueError, match="n_sequences"):
+        LandscapeConfig(n_sequences=4)
+    with pytest.raises(ValueError, match="unknown landscape config keys"):
+        LandscapeConfig.from_dict({"n_seqs": 3})
+    cfg = LandscapeConfig(include="blocks.*")
+    assert cfg.include == ["blocks.*"] and LandscapeConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_theta_pi_writes_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "tp"
+    argv = [
+        "landscape",
+        "--theta-pi",
+        "--p",
+        "0.2",
+        "--q",
+        "0.3",
+        "--d-model",
+        "4",
+        "--n-ctx",
+        "6",
+        "--n-sequences",
+        "48",
+        "--points",
+        "5",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "verdict: saddle" in capsys.readouterr().out
+    res = json.loads((out / "theta_pi.json").read_text())
+    assert res["hessian"]["verdict"] == "saddle" and res["surface_eigen"]["kind"] == "eigen"
+    assert (out / "hessian_spectrum.png").exists() and (out / "surface_eigen.png").exists()
+    assert main(argv) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+
+
+def test_cli_grid_and_reduced(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    assert (
+        main(
+            [
+                "landscape",
+                "--grid",
+                "--p",
+                "0.2",
+                "--q",
+                "0.3",
+                "--archs",
+                "untied-1",
+                "--d-model",
+                "4",
+                "--n-ctx",
+                "6",
+                "--n-sequences",
+                "48",
+                "--out",
+                str(grid),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((grid / "grid.json").read_text())["rows"]
+    assert [(r["architecture"], r["verdict"]) for r in rows] == [("untied-1", "saddle")]
+    assert "| untied-1 | 0.2 | 0.3 |" in (grid / "grid.md").read_text()
+    assert (grid / "grid.png").exists()
+    red = tmp_path / "red"
+    assert main(["landscape", "--reduced", "--p", "0.5", "--q", "0.8", "--out", str(red)]) == 0
+    res = json.loads((red / "reduced.json").read_text())
+    ends = {(f["w0"] > -0.7071, f["e0"] == pytest.approx(0.05)): f["end"] for f in res["flows"]}
+    assert ends[(True, True)] == "unigram" and ends[(False, True)] == "global minimum"
+    assert max(f["energy_drift"] for f in res["flows"]) < 1e-6
+
+
+def test_cli_run_dir_mode_on_a_trained_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = ModelConfig.paper(d_model=4, n_ctx=16)
+    tc = TrainConfig(
+        iters=24,
+        batch=8,
+        seq_len=16,
+        lr=1e-2,
+        eval_every=8,
+        eval_batches=1,
+        save_every=0,
+        device="cpu",
+    )
+    train(cfg, BinaryChain(0.5, 0.8), tc, seed=0, out_dir=run_dir, progress=False)
+    assert (
+        main(
+            [
+                "landscape",
+                str(run_dir),
+                "--n-sequences",
+                "32",
+                "--points",
+                "5",
+                "--plane",
+                "anchors",
+            ]
+        )
+        == 0
+    )
+    out = run_dir / "landscape"
+    res = json.loads((out / "landscape.json").read_text())
+    assert res["step"] == 24 and res["hessian"]["n_params"] > 0
+    line = res["line_theta_pi_to_final"]
+    assert line["labels"] == ["theta_pi", "final"] and 0.0 in line["alphas"]
+    traj = res["trajectory"]
+    assert traj["steps"][0] == 0 and traj["steps"][-1] == 24
+    # The anchors plane contains the first and the final checkpoints exactly.
+    assert traj["coords"][0] == pytest.approx([0.0, 1.0], abs=1e-9)
+    assert traj["coords"][-1] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert traj["off_plane"][0] < 1e-9
+    for name in ("hessian_spectrum.png", "line_theta_pi_to_final.png", "surface.png"):
+        assert (out / name).exists()
+    assert (
+        main(
+            [
+                "landscape",
+                str(run_dir),
+                "--plane",
+                "pca",
+                "--n-sequences",
+                "16",
+                "--points",
+                "3",
+                "--out",
+                str(tmp_path / "pca"),
+            ]
+        )
+        == 0
+    )
+
+
+def test_cli_input_errors(tmp_path, capsys):
+    assert main(["landscape", "--out", str(tmp_path / "x")]) == 2
+    assert "give exactly one of RUN_DIR" in capsys.readouterr().err
+    assert (
+        main(["landscape", "--theta-pi", "--p", "1.5", "--q", "0.3", "--out", str(tmp_path / "y")])
+        == 2
+    )
+    assert "probabilities in (0, 1)" in capsys.readouterr().err
+    assert main(["landscape", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["landscape", "--reduced", "--p", "0.5", "--q", "0.8"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["landscape", str(tmp_path), "--p", "0.5"]) == 2
+    assert "drop --p/--q" in capsys.readouterr().err
+    assert main(["landscape", "--reduced", "--p", "0.5", "--q", "0.8", "--step", "3"]) == 2
+    assert "needs RUN_DIR" in capsys.readouterr().err
+
+
+def test_init_escape_study_counts_the_trainers_verdicts():
+    from interp.landscape import init_escape_study
+
+    chain = BinaryChain(0.5, 0.8)
+    cfg = ModelConfig.paper(d_model=4, n_ctx=16)
+    tc = TrainConfig(
+        iters=12,
+        batch=4,
+        seq_len=16,
+        eval_every=6,
+        eval_batches=1,
+        save_every=0,
+        checkpoints_per_octave=0,
+        device="cpu",
+    )
+    study = init_escape_study(chain, cfg, tc, seeds=[0, 1], inits=("paper", "good"))
+    assert [(r["init"], r["seed"]) for r in study["rows"]] == [
+        ("paper", 0),
+        ("paper", 1),
+        ("good", 0),
+        ("good", 1),
+    ]
+    for init in ("paper", "good"):
+        assert sum(study["fractions"][init].values()) == pytest.approx(1.0)
+    again = train(
+        ModelConfig.from_dict({**cfg.to_dict(), "init": "good"}), chain, tc, seed=1, progress=False
+    )
+    assert again["final_eval_loss"] == study["rows"][3]["final_eval_loss"]  # seeded
+    with pytest.raises(ValueError, match="seeds"):
+        init_escape_study(chain, cfg, tc, seeds=[])

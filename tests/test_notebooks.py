@@ -1,0 +1,66 @@
+"""The notebooks: stored without outputs, and each runs top to bottom with the small settings
+(MARKOV_LENS_NB_SMALL=1) in a fresh "python3" kernel, failing on any cell error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED_PREFIXES = ["01_", "02_", "03_", "04_", "05_", "06_"]
+KERNEL = "python3"
+
+
+def test_the_six_notebooks_exist():
+    assert [p.name[:3] for p in NOTEBOOKS] == EXPECTED_PREFIXES, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path):
+    book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)
+    for i, cell in enumerate(book.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has stored outputs"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+    first = next(c for c in book.cells if c.cell_type == "code").source
+    assert "FULL = False" in first and "MARKOV_LENS_NB_SMALL" in first, path.name
+
+
+def _kernel_available() -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL in KernelSpecManager().find_kernel_specs()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    assert _kernel_available(), (
+        f"no Jupyter kernel named {KERNEL!r}: run `python -m ipykernel install --sys-prefix "
+        f"--name {KERNEL}` in the virtual environment (the Makefile does)"
+    )
+    monkeypatch.setenv("MARKOV_LENS_NB_SMALL", "1")
+    monkeypatch.setenv("MARKOV_LENS_NB_OUT", str(tmp_path / "runs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        book,
+        timeout=300,
+        kernel_name=KERNEL,
+        allow_errors=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+    errors = [
+        out
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("output_type") == "error"
+    ]
+    assert errors == []

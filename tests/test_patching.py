@@ -1,0 +1,309 @@
+"""Batched activation patching: equal to transformer_lens.patching, corruptions, metrics,
+normalisation, ablation and direct-path shares."""
+
+import contextlib
+import io
+import re
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from interp.corruptions import make_patching_data
+from interp.patching import (
+    ablation_source,
+    direct_path_effects,
+    hook_name,
+    make_metric,
+    normalise,
+    patch_sweep,
+    run_ablation,
+    run_patching,
+)
+from interp.patching_bench import benchmark_patching, format_row
+from training.chains import BinaryChain, InContextChain, KthOrderChain
+from training.config import ModelConfig
+from training.inits import init_theta_pi
+from training.model import MarkovTransformer
+
+TL = {
+    ("resid_pre", True): tlp.get_act_patch_resid_pre,
+    ("resid_mid", True): tlp.get_act_patch_resid_mid,
+    ("attn_out", True): tlp.get_act_patch_attn_out,
+    ("mlp_out", True): tlp.get_act_patch_mlp_out,
+    ("z", True): tlp.get_act_patch_attn_head_out_by_pos,
+    ("q", True): tlp.get_act_patch_attn_head_q_by_pos,
+    ("k", True): tlp.get_act_patch_attn_head_k_by_pos,
+    ("v", True): tlp.get_act_patch_attn_head_v_by_pos,
+    ("pattern", True): tlp.get_act_patch_attn_head_pattern_by_pos,
+    ("z", False): tlp.get_act_patch_attn_head_out_all_pos,
+    ("q", False): tlp.get_act_patch_attn_head_q_all_pos,
+    ("k", False): tlp.get_act_patch_attn_head_k_all_pos,
+    ("v", False): tlp.get_act_patch_attn_head_v_all_pos,
+    ("pattern", False): tlp.get_act_patch_attn_head_pattern_all_pos,
+}
+MODELS = {
+    "paper": {},
+    "deep": {
+        "n_layers": 3,
+        "n_heads": 2,
+        "attn_window": [3, None, 5],
+        "linear_bias": True,
+        "ln_bias": True,
+        "d_vocab": 3,
+        "tie_embeddings": False,
+    },
+    "attn_only": {"n_layers": 2, "attn_only": True, "normalization_type": None},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread (and much faster on a loaded shared machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def perturbed(cfg: dict, seed: int = 0) -> MarkovTransformer:
+    model = MarkovTransformer(ModelConfig.paper(n_ctx=32, **cfg), seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def setup(request):
+    """A model, a clean / corrupted batch (two positions differ) and a label metric."""
+    model = perturbed(MODELS[request.param])
+    gen = torch.Generator().manual_seed(1)
+    V, B, N = model.cfg.d_vocab, 2, 9
+    clean = torch.randint(0, V, (B, N), generator=gen)
+    corrupt = clean.clone()
+    corrupt[:, -1] = (corrupt[:, -1] + 1) % V
+    corrupt[:, 4] = (corrupt[:, 4] + 1) % V
+    labels = torch.randint(0, V, (B,), generator=gen)
+
+    def metric(logits):  # [..., batch, readout, vocab] -> [..., batch]
+        lp = logits[..., -1, :].log_softmax(-1)
+        return lp.gather(-1, labels.expand(lp.shape[:-1])[..., None])[..., 0]
+
+    _, cache = model.run_with_cache(clean)
+    return model, clean, corrupt, cache, metric
+
+
+def test_equals_transformer_lens(setup):
+    """Every sweep equals transformer_lens.patching.get_act_patch_* (max |diff| < 1e-5), for
+    whole chunks and for small chunks (budget) that recompute suffixes."""
+    model, clean, corrupt, cache, metric = setup
+    source = dict(cache.items())
+    for (act, by_pos), fn in TL.items():
+        if model.cfg.attn_only and act in ("resid_mid", "mlp_out"):
+            continue
+        with contextlib.redirect_stderr(io.StringIO()):
+            ref = fn(model, corrupt, cache, lambda lg: metric(lg[:, -1:]).mean())
+        for budget in (2000, 1 << 24):
+            mine = patch_sweep(model, corrupt, source, act, metric, by_pos=by_pos, budget=budget)
+            assert mine.shape == ref.shape, act
+            assert (mine - ref).abs().max() < 1e-5, (act, by_pos, budget)
+
+
+def test_whole_layer_patches_equal_a_hooked_run(setup):
+    """by_pos=False for stream activations (not in TransformerLens): the whole activation of a
+    layer replaced, checked against model.run_with_hooks."""
+    model, clean, corrupt, cache, metric = setup
+    acts = ["resid_pre", "attn_out", "resid_post"] + ([] if model.cfg.attn_only else ["mlp_out"])
+    for act in acts:
+        mine = patch_sweep(model, corrupt, dict(cache.items()), act, metric, by_pos=False)
+        assert mine.shape == (model.cfg.n_layers,)
+        for layer in range(model.cfg.n_layers):
+            name = hook_name(act, layer)
+            logits = model.run_with_hooks(
+                corrupt, fwd_hooks=[(name, lambda x, hook, name=name: cache[name])]
+            )
+            assert abs(metric(logits[:, -1:]).mean() - mine[layer]) < 1e-5
+
+
+def test_several_readout_positions_and_per_example_values(setup):
+    model, clean, corrupt, cache, _ = setup
+
+    def metric(logits):  # reads two positions
+        return logits[..., 0, 0] - logits[..., 1, -1]
+
+    def tl_metric(logits):
+        return metric(logits[:, [5, 8]]).mean()
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        ref = tlp.get_act_patch_resid_pre(model, corrupt, cache, tl_metric)
+    mine = patch_sweep(model, corrupt, dict(cache.items()), "resid_pre", metric, readout=(8, 5))
+    assert (mine - ref).abs().max() < 1e-5
+    per_example = patch_sweep(
+        model, corrupt, dict(cache.items()), "resid_pre", metric, readout=(5, 8), reduce="none"
+    )
+    assert per_example.shape == (*ref.shape, 2)
+    torch.testing.assert_close(per_example.mean(-1), mine)
+
+
+def test_bad_arguments(setup):
+    model, clean, corrupt, cache, metric = setup
+    source = dict(cache.items())
+    with pytest.raises(ValueError, match="unknown activation"):
+        patch_sweep(model, corrupt, source, "resid", metric)
+    with pytest.raises(ValueError, match="readout"):
+        patch_sweep(model, corrupt, source, "resid_pre", metric, readout=(40,))
+    with pytest.raises(ValueError, match="source has no"):
+        patch_sweep(model, corrupt, {}, "resid_pre", metric)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            patch_sweep(model, corrupt, source, "resid_pre", metric)
+    finally:
+        model.eval()
+    if model.cfg.attn_only:
+        with pytest.raises(ValueError, match="attention-only"):
+            patch_sweep(model, corrupt, source, "mlp_out", metric)
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+
+def test_corruptions_stay_in_distribution():
+    chain = BinaryChain(0.5, 0.8)
+    gen = torch.Generator().manual_seed(0)
+    flip = make_patching_data(chain, "flip", 64, 10, gen)
+    assert (flip.clean != flip.corrupt).sum(0).tolist() == [0] * 9 + [64]
+    assert flip.informative.all()
+    # binary: the answer is the token the clean x_n makes likelier than the flipped one does
+    kernel = chain.kernel_tensor()
+    torch.testing.assert_close(flip.clean_probs, kernel[flip.clean[:, -1]])
+    assert (
+        flip.answer == (kernel[flip.clean[:, -1], 1] > kernel[flip.corrupt[:, -1], 1]).long()
+    ).all()
+
+    big = make_patching_data(chain, "resample", 4000, 6, gen, position=3)
+    past = big.clean[:, 2]
+    for prev in (0, 1):  # x_3 redrawn from P(. | x_2)
+        freq = big.corrupt[past == prev, 3].float().mean().item()
+        assert freq == pytest.approx(float(kernel[prev, 1]), abs=0.04)
+    assert (big.corrupt[:, [0, 1, 2, 4, 5]] == big.clean[:, [0, 1, 2, 4, 5]]).all()
+
+    three = make_patching_data(KthOrderChain.symmetric(3, 0.3), "flip", 200, 5, gen)
+    assert (three.corrupt[:, -1] != three.clean[:, -1]).all()
+
+    ic = InContextChain(states=2)
+    swap = make_patching_data(ic, "kernel_swap", 32, 20, gen)
+    assert (swap.corrupt[:, -1] == swap.clean[:, -1]).all()
+    assert (swap.corrupt[:, :-1] != swap.clean[:, :-1]).any(1).float().mean() > 0.9
+    with pytest.raises(ValueError, match="in-context chain"):
+        make_patching_data(chain, "kernel_swap", 4, 10, gen)
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        make_patching_data(chain, "noise", 4, 10, gen)
+    with pytest.raises(ValueError, match="outside"):
+        make_patching_data(chain, "flip", 4, 10, gen, position=10)
+
+
+def test_normalised_denoising_and_noising():
+    """Patching the corrupted position's residual stream restores everything (1) when
+    denoising and removes everything (0) when noising; positions that did not change do
+    nothing."""
+    model = perturbed({"n_layers": 2, "tie_embeddings": False})
+    data = make_patching_data(
+        BinaryChain(0.3, 0.4), "flip", 16, 9, torch.Generator().manual_seed(2)
+    )
+    for metric in ("logit_diff", "logprob"):
+        den = run_patching(model, data, ["resid_pre", "attn_out"], "denoise", metric)
+        noi = run_patching(model, data, ["resid_pre"], "noise", metric)
+        assert den.clean == pytest.approx(noi.clean) and den.corrupt == pytest.approx(noi.corrupt)
+        d, n = den.normalised("resid_pre"), noi.normalised("resid_pre")
+        assert d[0, -1].item() == pytest.approx(1.0, abs=1e-5)
+        assert n[0, -1].item() == pytest.approx(0.0, abs=1e-5)
+        assert d[0, :-1].abs().max() < 1e-5 and (n[0, :-1] - 1).abs().max() < 1e-5
+        assert d[1, -1].item() == pytest.approx(1.0, abs=1e-5)  # layer 1, x_n: all info is there
+        record = den.to_dict()
+        assert record["axes"]["attn_out"] == ["layer", "pos"]
+    assert den.true_effect > 0  # the chain depends on x_n (p + q != 1)
+
+
+def test_theta_pi_does_not_react_to_the_flip():
+    model = MarkovTransformer(ModelConfig.paper(n_ctx=16), seed=0).eval()
+    init_theta_pi(model, torch.tensor([0.8 / 1.3, 0.5 / 1.3], dtype=torch.float64))
+    data = make_patching_data(BinaryChain(0.5, 0.8), "flip", 8, 8, torch.Generator().manual_seed(0))
+    res = run_patching(model, data, ["resid_pre"], "denoise", "logit_diff")
+    assert res.effect == 0.0 and res.true_effect > 1.0
+    assert torch.isnan(res.normalised("resid_pre")).all()
+    assert torch.isnan(normalise(torch.zeros(3), 1.0, 1.0)).all()
+    direct = direct_path_effects(model, data)
+    assert direct["total_effect"] == 0.0
+
+
+def test_logit_diff_metric_matches_true_law_signs():
+    data = make_patching_data(BinaryChain(0.2, 0.3), "flip", 8, 6, torch.Generator().manual_seed(3))
+    fn = make_metric("logit_diff", data)
+    probs = data.clean_probs.float()
+    logits = probs.log()[:, None]  # a perfect predictor's logits at the readout
+    clean_true, _ = data.true_logit_diff()
+    assert fn(logits).mean().item() == pytest.approx(clean_true, rel=1e-5)
+    with pytest.raises(ValueError, match="metric must be"):
+        make_metric("accuracy", data)
+
+
+def test_ablation():
+    model = perturbed({"n_heads": 2})
+    data = make_patching_data(BinaryChain(0.3, 0.4), "flip", 6, 8, torch.Generator().manual_seed(4))
+    same = data.clean[:1].expand(5, -1)  # every reference sequence = the first clean one
+    source = ablation_source(model, 6, same, "mean")
+    _, cache = model.run_with_cache(same[:1])
+    torch.testing.assert_close(
+        source["blocks.0.hook_attn_out"][3], cache["blocks.0.hook_attn_out"][0]
+    )
+    out = run_ablation(
+        model, data, data.clean, "resample", ["attn_out", "z"], torch.Generator().manual_seed(0)
+    )
+    assert set(out["loss_increase"]) == {"attn_out", "attn_out_all", "z", "z_all"}
+    assert out["loss_increase"]["z"].shape == (1, 8, 2)
+    # ablating the first sequence with itself changes nothing
+    mean_self = run_ablation(model, data, data.clean, "mean", ["mlp_out"])
+    assert torch.isfinite(mean_self["loss_increase"]["mlp_out_all"]).all()
+    with pytest.raises(ValueError, match="ablation mode"):
+        ablation_source(model, 6, same, "zero")
+
+
+def test_direct_path_shares_add_up_without_layernorm():
+    """Without a final LayerNorm the logit difference is linear in the residual stream, so the
+    direct-path effects add up to the total exactly."""
+    model = perturbed({"normalization_type": None, "n_layers": 2, "n_heads": 2})
+    data = make_patching_data(
+        BinaryChain(0.3, 0.4), "flip", 16, 8, torch.Generator().manual_seed(5)
+    )
+    out = direct_path_effects(model, data, "logit_diff")
+    assert abs(out["additivity_gap"]) < 1e-4
+    assert sum(out["group_effects"].values()) == pytest.approx(out["total_effect"], abs=1e-4)
+    assert set(out["effects"]) == {
+        "embed",
+        "L0H0",
+        "L0H1",
+        "L0.mlp_out",
+        "L1H0",
+        "L1H1",
+        "L1.mlp_out",
+    }
+
+
+def test_benchmark_rows():
+    rows = benchmark_patching(
+        seq_len=12, layers=(1, 2), batch=2, acts=("resid_pre", "z"), device="cpu"
+    )
+    assert [r["name"] for r in rows] == [
+        "resid_pre, L=1, N=12",
+        "z, L=1, N=12",
+        "resid_pre, L=2, N=12",
+        "z, L=2, N=12",
+    ]
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-5 and row["batched_s"] > 0 and row["transformer_lens_s"] > 0
+        assert re.fullmatch(
+            r"patching \(\w+, L=\d, N=12\): batched vs transformer_lens: \d+\.\dx", format_row(row)
+        )

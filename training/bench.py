@@ -1,0 +1,713 @@
+"""The benchmark suite behind ``markov-lens bench``: every speed claim as a measured ratio.
+
+Each comparison runs both of its sides in this process, one after the other, and is printed
+as one line ``NAME: A vs B: R.Rx`` where R = time of B / time of A (how many times faster A
+is). Nothing is extrapolated: a reduced setting is named in the line. Besides the ratios:
+the machine, torch threads and the load average (other processes share the CPU); memory:
+the activations a training step saves for backward (exact, any device) and the peak of each
+side (CUDA: torch.cuda.max_memory_allocated; CPU: the resident set sampled every 5 ms, above
+its level when the side started, so memory the allocator kept from an earlier side is not
+seen again); the share of the ensemble's step time spent sampling data; and tables of how a
+step's time grows with sequence length, ensemble members and depth.
+
+Comparisons (``run_benchmarks``; modes "full", "quick" (about a minute on a 2-core CPU)
+and "tiny" (seconds, for tests)):
+
+- ensemble: train_ensemble of M members (different seeds and chains, one shape) vs M
+  sequential trainer.train runs, in memory, same configs; aggregate training tokens/s.
+- sampler: training.sampler_bench (vectorised scan vs the per-position loop).
+- patching: a callable given by the caller (interp.cli_bench passes interp.patching_bench;
+  training does not import interp).
+- reproductions: the training sweeps of the paper's ``tying`` and ``depth`` experiments
+  (training.experiments) with the ensemble backend vs a sequential per-run loop (the local
+  backend, one worker) and vs the local backend's worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.chains import BinaryChain
+from training.config import ModelConfig
+from training.ensemble import (
+    Member,
+    StackedWeights,
+    ensemble_backend,
+    ensemble_logits,
+    member_batches,
+    member_losses,
+    train_ensemble,
+)
+from training.fast_attention import fused_attention
+from training.model import MarkovTransformer, per_token_loss
+from training.recipe import TrainConfig
+from training.trainer import derive_seed, make_generator, make_optimizer, resolve_device, train
+
+MODES = ("full", "quick", "tiny")
+SECTIONS = ("ensemble", "sampler", "patching", "reproductions", "scaling")
+# (p, q) of the ensemble members, cycled: the paper's chains on both sides of p + q = 1
+CHAINS = ((0.5, 0.8), (0.2, 0.3), (0.6, 0.8), (0.3, 0.4))
+
+# Per mode: ensemble comparison (members, seq_len, iters), sampler (length, repeats),
+# reproductions (experiment size, seeds, iters override or None), scaling grids.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "ensemble": {"members": 32, "seq_len": 1024, "iters": 20},
+        "sampler": {"length": 1024, "repeats": 10},
+        "reproductions": {"size": "full", "seeds": 3, "iters": None},
+        "scaling": {
+            "seq_len": {"members": 32, "values": [64, 128, 256, 512, 1024]},
+            "members": {"seq_len": 256, "values": [1, 2, 4, 8, 16, 32, 64]},
+            "layers": {"seq_len": 256, "members": 8, "values": [1, 2, 4, 8]},
+            "repeats": 3,
+        },
+    },
+    "quick": {
+        "ensemble": {"members": 32, "seq_len": 256, "iters": 4},
+        "sampler": {"length": 1024, "repeats": 3},
+        "reproductions": {"size": "quick", "seeds": 3, "iters": 10},
+        "scaling": {
+            "seq_len": {"members": 4, "values": [64, 256, 1024]},
+            "members": {"seq_len": 128, "values": [1, 4, 16]},
+            "layers": {"seq_len": 128, "members": 4, "values": [1, 2, 4]},
+            "repeats": 2,
+        },
+    },
+    "tiny": {
+        "ensemble": {"members": 4, "seq_len": 32, "iters": 3},
+        "sampler": {"length": 64, "repeats": 1},
+        "reproductions": {"size": "test", "seeds": 2, "iters": 4},
+        "scaling": {
+            "seq_len": {"members": 2, "values": [16, 32]},
+            "members": {"seq_len": 16, "values": [1, 2]},
+            "layers": {"seq_len": 16, "members": 2, "values": [1, 2]},
+            "repeats": 1,
+        },
+    },
+}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+@dataclass
+class Comparison:
+    """One measured comparison: A took a_seconds, B took b_seconds; ratio = B / A."""
+
+    name: str
+    a: str
+    b: str
+    a_seconds: float | None
+    b_seconds: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.skipped or not self.a_seconds or self.b_seconds is None:
+            return None
+        return self.b_seconds / self.a_seconds
+
+    def line(self) -> str:
+        """``NAME: A vs B: R.Rx`` (or ``NAME: A vs B: skipped (why)``)."""
+        if self.skipped:
+            return f"{self.name}: {self.a} vs {self.b}: skipped ({self.skipped})"
+        return f"{self.name}: {self.a} vs {self.b}: {self.ratio:.1f}x"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ratio": self.ratio, "line": self.line()}
+
+
+def machine_line(device: torch.device) -> str:
+    """The machine, torch threads and the load average (1, 5, 15 min)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    where = f"{os.cpu_count()}-core {cpu}"
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)} (host: {where})"
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return (
+        f"machine: {where}; device {device}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {load}"
+    )
+
+
+def _load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory of a block, in bytes: CUDA max_memory_allocated on a CUDA device, else
+    the peak resident set size (sampled every `interval` s) above its level at entry."""
+
+    def __init__(self, device: torch.device, interval: float = 0.005):
+        self.device, self.interval = device, interval
+        self.peak: int | None = None
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "rss_above_start"
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._start = _rss_bytes()
+        self._max = self._start or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        if self._start is not None:
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes()
+            if rss is not None and rss > self._max:
+                self._max = rss
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        if self._start is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._max = max(self._max, _rss_bytes() or 0)
+        self.peak = self._max - self._start
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f} MB"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------- ensemble
+
+
+def bench_members(n: int, model_config: ModelConfig) -> list[Member]:
+    """n members of one shape: seeds 0..n-1, chains cycling through CHAINS."""
+    return [Member(model_config, BinaryChain(*CHAINS[i % len(CHAINS)]), i) for i in range(n)]
+
+
+def _warm_up(model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """One tiny run through each path: lazy imports and kernel set-up stay out of timings."""
+    tc = TrainConfig(
+        iters=2, batch=2, seq_len=8, eval_every=1, eval_batches=1, device=train_config.device
+    )
+    mc = ModelConfig.from_dict(model_config.to_dict() | {"n_ctx": 8})
+    train(mc, BinaryChain(0.5, 0.8), tc, seed=0, progress=False)
+    train_ensemble(bench_members(2, mc), tc, progress=False)
+
+
+def compare_ensemble(
+    members: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    label: str,
+) -> Comparison:
+    """train_ensemble of `members` runs vs the same runs with trainer.train one after the
+    other (in memory, same configs and seeds); times are total wall seconds. The sequential
+    runs are split in two halves timed before and after the ensemble, so that a change of
+    the machine's load during the measurement affects both sides alike."""
+    device = resolve_device(train_config.device)
+    _warm_up(model_config, train_config)
+    runs = bench_members(members, model_config)
+    tokens = members * train_config.iters * train_config.tokens_per_step
+    timings: dict[str, float] = {}
+    load_before = _load()
+
+    def sequential(part: list[Member]) -> tuple[list, float, int | None]:
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            out = [
+                train(m.model_config, m.chain, train_config, seed=m.seed, progress=False)
+                for m in part
+            ]
+            _sync(device)
+        return out, time.perf_counter() - t0, mem.peak
+
+    half = members // 2
+    seq_a, t_a, mem_a = sequential(runs[:half])
+    with PeakMemory(device) as mem_e:
+        t0 = time.perf_counter()
+        ens = train_ensemble(runs, train_config, progress=False, timings=timings)
+        _sync(device)
+        t_ens = time.perf_counter() - t0
+    seq_b, t_b, mem_b = sequential(runs[half:])
+    seq, t_seq = seq_a + seq_b, t_a + t_b
+    peaks = [p for p in (mem_a, mem_b) if p is not None]
+    seq_peak = max(peaks) if peaks else None
+    same = sum(a["verdict"] == b["verdict"] for a, b in zip(ens, seq, strict=True))
+    act_ens, act_one = _activations(model_config, train_config, runs)
+    data_share = timings["data_s"] / (timings["data_s"] + timings["step_s"])
+    details = {
+        "members": members,
+        "iters": train_config.iters,
+        "seq_len": train_config.seq_len,
+        "batch": train_config.batch,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "ensemble_tokens_per_s": tokens / t_ens,
+        "sequential_tokens_per_s": tokens / t_seq,
+        "ensemble_peak_memory": mem_e.peak,
+        "sequential_peak_memory": seq_peak,
+        "memory_measure": mem_e.kind,
+        "ensemble_activations": act_ens,
+        "single_run_activations": act_one,
+        "data_share_of_step": data_share,
+        "ensemble_timings": timings,
+        "same_verdicts": f"{same}/{members}",
+        "load_average": [load_before, _load()],
+    }
+    return Comparison(
+        f"ensemble training ({label})",
+        f"{members}-member ensemble {tokens / t_ens:,.0f} tok/s",
+        f"{members} sequential runs {tokens / t_seq:,.0f} tok/s",
+        t_ens,
+        t_seq,
+        details,
+    )
+
+
+def _activations(
+    model_config: ModelConfig, train_config: TrainConfig, runs: list[Member]
+) -> tuple[int, int]:
+    """Saved activations (bytes) of one training forward: the ensemble of `runs`, one run."""
+    device = resolve_device(train_config.device)
+    models = [MarkovTransformer(model_config, seed=m.seed).to(device) for m in runs]
+    weights = StackedWeights.from_models(models)
+    tokens = member_batches(
+        [m.chain for m in runs], [m.seed for m in runs], 0, train_config, device
+    )
+
+    def ensemble_loss() -> torch.Tensor:
+        logits = ensemble_logits(model_config, weights.params, tokens)
+        return member_losses(logits.float(), tokens).sum()
+
+    def single_loss() -> torch.Tensor:
+        with fused_attention(models[0], train_config.fused_attention):
+            return per_token_loss(models[0](tokens[0]).float(), tokens[0]).mean()
+
+    return saved_activation_bytes(ensemble_loss), saved_activation_bytes(single_loss)
+
+
+# ------------------------------------------------------------------------------ scaling
+
+
+def saved_activation_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass while `fn` runs (each
+    storage counted once): the activation memory of a training step, on any device."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def _ensemble_step(
+    model_config: ModelConfig, train_config: TrainConfig, members: int
+) -> tuple[Callable[[int], Any], Callable[[int], Any], int]:
+    """One ensemble update of `members` models (data + forward + backward + AdamW) as a
+    function of the step, its data sampling alone, and the update's saved activations."""
+    device = resolve_device(train_config.device)
+    runs = bench_members(members, model_config)
+    models = [MarkovTransformer(model_config, seed=m.seed).to(device) for m in runs]
+    weights = StackedWeights.from_models(models)
+    opt, _ = make_optimizer(weights, train_config)
+    chains, seeds = [m.chain for m in runs], [m.seed for m in runs]
+
+    def data(step: int) -> torch.Tensor:
+        return member_batches(chains, seeds, step, train_config, device)
+
+    def loss(tokens: torch.Tensor) -> torch.Tensor:
+        logits = ensemble_logits(model_config, weights.params, tokens)
+        return member_losses(logits.float(), tokens).sum()
+
+    def update(step: int) -> None:
+        value = loss(data(step))
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    return update, data, saved_activation_bytes(lambda: loss(data(0)))
+
+
+def _single_step(
+    model_config: ModelConfig, train_config: TrainConfig
+) -> tuple[Callable[[int], Any], int]:
+    """One trainer update of one model (sampling, fused-attention forward, backward, AdamW:
+    what trainer.train does per step) as a function of the step, and its activations."""
+    device = resolve_device(train_config.device)
+    model = MarkovTransformer(model_config, seed=0).to(device)
+    opt, _ = make_optimizer(model, train_config)
+    chain = BinaryChain(*CHAINS[0])
+
+    def loss(step: int) -> torch.Tensor:
+        gen = make_generator(device, derive_seed(0, 1, step))
+        tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
+        with fused_attention(model, train_config.fused_attention):
+            return per_token_loss(model(tokens).float(), tokens).mean()
+
+    def update(step: int) -> None:
+        value = loss(step)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    return update, saved_activation_bytes(lambda: loss(0))
+
+
+def interleaved_best(
+    fns: list[Callable[[int], Any]], repeats: int, device: torch.device
+) -> list[float]:
+    """Best-of-`repeats` seconds of each function of the step, run in turn (one warm-up call
+    each first), so that a change of the machine's load affects all of them alike."""
+    for fn in fns:
+        fn(0)
+    _sync(device)
+    best = [float("inf")] * len(fns)
+    for step in range(1, repeats + 1):
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(step)
+            _sync(device)
+            best[j] = min(best[j], time.perf_counter() - t0)
+    return best
+
+
+def scaling_tables(settings: dict[str, Any], base: TrainConfig) -> dict[str, list[dict]]:
+    """Step time of the ensemble and of one trainer run against sequence length, members
+    and depth (settings: SETTINGS[mode]["scaling"]), timed in turn (interleaved_best). Each
+    row: members, seq_len, layers,
+    ensemble step ms, ms per member, one run's step ms, speedup (members x one run's step /
+    ensemble step), data share of the ensemble step, saved activations of the ensemble step
+    and of one run's step (MB), and on CUDA the ensemble's peak allocated memory (MB)."""
+    device = resolve_device(base.device)
+    repeats = settings["repeats"]
+    tables: dict[str, list[dict]] = {}
+    plans = {
+        "seq_len": [(settings["seq_len"]["members"], v, 1) for v in settings["seq_len"]["values"]],
+        "members": [(v, settings["members"]["seq_len"], 1) for v in settings["members"]["values"]],
+        "layers": [
+            (settings["layers"]["members"], settings["layers"]["seq_len"], v)
+            for v in settings["layers"]["values"]
+        ],
+    }
+    for axis, plan in plans.items():
+        rows = []
+        for members, seq_len, layers in plan:
+            tc = TrainConfig.from_dict(base.to_dict() | {"seq_len": seq_len, "iters": 2})
+            mc = ModelConfig.paper(n_ctx=seq_len, n_layers=layers)
+            with PeakMemory(device) as mem:
+                ens_update, ens_data, ens_act = _ensemble_step(mc, tc, members)
+                one_update, one_act = _single_step(mc, tc)
+                ens_s, data_s, one_s = interleaved_best(
+                    [ens_update, ens_data, one_update], repeats, device
+                )
+            rows.append(
+                {
+                    "members": members,
+                    "seq_len": seq_len,
+                    "layers": layers,
+                    "ensemble_step_ms": 1e3 * ens_s,
+                    "ms_per_member": 1e3 * ens_s / members,
+                    "single_run_step_ms": 1e3 * one_s,
+                    "speedup": members * one_s / ens_s,
+                    "data_share": data_s / ens_s,
+                    "ensemble_activations_mb": ens_act / 2**20,
+                    "single_run_activations_mb": one_act / 2**20,
+                    "cuda_peak_mb": mem.peak / 2**20 if device.type == "cuda" else None,
+                }
+            )
+        tables[axis] = rows
+    return tables
+
+
+def format_table(axis: str, rows: list[dict]) -> str:
+    """A small markdown table of one scaling axis (the varied column first)."""
+    fixed = [c for c in ("members", "seq_len", "layers") if c != axis]
+    head = [axis, *fixed, "ensemble step ms", "ms/member", "one run step ms", "speedup"]
+    head += ["data share", "activations MB (ensemble / one run)"]
+    cuda = any(r.get("cuda_peak_mb") is not None for r in rows)
+    if cuda:
+        head.append("CUDA peak MB")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r[axis]), *(str(r[c]) for c in fixed)]
+        cells += [
+            f"{r['ensemble_step_ms']:.1f}",
+            f"{r['ms_per_member']:.2f}",
+            f"{r['single_run_step_ms']:.1f}",
+            f"{r['speedup']:.1f}x",
+            f"{100 * r['data_share']:.1f}%",
+            f"{r['ensemble_activations_mb']:.1f} / {r['single_run_activations_mb']:.1f}",
+        ]
+        if cuda:
+            cells.append(f"{r['cuda_peak_mb']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ reproductions
+
+
+@contextlib.contextmanager
+def _ensemble_backend_registered() -> Iterator[None]:
+    from training import sweeps
+
+    had = sweeps.BACKENDS.get("ensemble")
+    sweeps.BACKENDS["ensemble"] = had or ensemble_backend
+    try:
+        yield
+    finally:
+        if had is None:
+            sweeps.BACKENDS.pop("ensemble", None)
+
+
+def reproduction_specs(
+    name: str, size: str, seeds: int, iters: int | None, device: str
+) -> list[dict]:
+    """The sweep specs of experiment `name` (training.experiments) at `size` with `seeds`
+    seeds, the iteration count replaced by `iters` when given."""
+    from training.experiments import EXPERIMENTS
+
+    make_specs = EXPERIMENTS[name][0]
+    specs = make_specs(size, seeds)
+    for spec in specs:
+        spec["train"] = dict(spec["train"]) | {"device": device}
+        if iters is not None:
+            spec["train"]["iters"] = iters
+    return specs
+
+
+def compare_reproduction(
+    name: str, size: str, seeds: int, iters: int | None, device: str, workers: int = 0
+) -> list[Comparison]:
+    """Wall time of the training sweep of experiment `name` with the ensemble backend vs a
+    sequential per-run loop (local backend, one worker, in this process); with workers >= 2
+    also vs the local backend's `workers` processes. Each in a fresh temporary directory."""
+    from training.sweeps import run_sweep
+
+    specs = reproduction_specs(name, size, seeds, iters, device)
+    n_iters = specs[0]["train"]["iters"]
+    what = (
+        f"{name} reproduction, paper settings"
+        if size == "full" and iters is None
+        else f"{name} reproduction, REDUCED: {size}-size specs, {n_iters} iterations"
+    )
+    times: dict[str, float] = {}
+    rows: dict[str, list[dict]] = {}
+    mem: dict[str, int | None] = {}
+    plans = [("ensemble", "ensemble", 1), ("sequential", "local", 1)]
+    if workers >= 2:
+        plans.append(("workers", "local", workers))
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory() as tmp, _ensemble_backend_registered():
+        for key, backend, n in plans:
+            with PeakMemory(dev) as pm:
+                t0 = time.perf_counter()
+                result = run_sweep(
+                    specs, Path(tmp) / key, workers=n, backend=backend, progress=False
+                )
+                times[key] = time.perf_counter() - t0
+            mem[key] = pm.peak
+            rows[key] = result.rows
+    n_runs = len(rows["ensemble"])
+    finished = {k: sum(r.get("status") == "finished" for r in v) for k, v in rows.items()}
+    verdicts = {
+        k: sorted((r["cell"], r["seed"], str(r.get("verdict"))) for r in v) for k, v in rows.items()
+    }
+    same = sum(a == b for a, b in zip(verdicts["ensemble"], verdicts["sequential"], strict=True))
+    details = {
+        "runs": n_runs,
+        "iters": n_iters,
+        "wall_seconds": times,
+        "finished": finished,
+        "same_verdicts": f"{same}/{n_runs}",
+        "peak_memory": mem,
+        "threads": torch.get_num_threads(),
+    }
+    out = [
+        Comparison(
+            f"{what}, {n_runs} runs",
+            f"ensemble sweep {times['ensemble']:.1f} s",
+            f"sequential per-run loop {times['sequential']:.1f} s",
+            times["ensemble"],
+            times["sequential"],
+            details,
+        )
+    ]
+    if "workers" in times:
+        out.append(
+            Comparison(
+                f"{what}, {n_runs} runs",
+                f"ensemble sweep {times['ensemble']:.1f} s",
+                f"local backend with {workers} worker processes {times['workers']:.1f} s",
+                times["ensemble"],
+                times["workers"],
+                details,
+            )
+        )
+    return out
+
+
+# -------------------------------------------------------------------------------- suite
+
+
+def run_benchmarks(
+    mode: str = "full",
+    device: str = "auto",
+    members: int | None = None,
+    precision: str = "fp32",
+    sections: tuple[str, ...] = SECTIONS,
+    patching: Callable[[str, str], list[Comparison]] | None = None,
+    emit: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the benchmark sections in `mode` and emit each line as it is measured.
+
+    patching(mode, device) -> comparisons, supplied by the caller (None: reported skipped).
+    Returns {"machine", "mode", "comparisons": [...], "tables": {...}}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown benchmark section {unknown[0]!r}; sections: {', '.join(SECTIONS)}"
+        )
+    if members is not None and (
+        isinstance(members, bool) or not isinstance(members, int) or members < 1
+    ):
+        raise ValueError(f"members must be a positive integer, got {members!r}")
+    dev = resolve_device(device)
+    settings = SETTINGS[mode]
+    base = TrainConfig(device=device, precision=precision)
+    out: dict[str, Any] = {"mode": mode, "comparisons": [], "tables": {}}
+    out["machine"] = machine_line(dev)
+    emit(out["machine"])
+    if dev.type != "cuda":
+        emit("(CPU run: no GPU was used for these numbers)")
+
+    def report(c: Comparison) -> None:
+        out["comparisons"].append(c.to_dict())
+        emit(c.line())
+
+    if "ensemble" in sections:
+        s = settings["ensemble"]
+        m = members or s["members"]
+        tc = TrainConfig.from_dict(base.to_dict() | {"seq_len": s["seq_len"], "iters": s["iters"]})
+        mc = ModelConfig.paper(n_ctx=s["seq_len"])
+        paper = s["seq_len"] == 1024
+        label = (
+            f"{'paper config' if paper else 'REDUCED: paper config but length ' + str(s['seq_len'])}"
+            f": d=8, 1 layer, batch 16, length {s['seq_len']}, {s['iters']} steps, {dev.type}, "
+            f"{torch.get_num_threads()} threads, in memory"
+        )
+        c = compare_ensemble(m, mc, tc, label)
+        report(c)
+        d = c.details
+        emit(
+            f"  ensemble: data sampling {100 * d['data_share_of_step']:.1f}% of step time; "
+            f"activations saved per step {_mb(d['ensemble_activations'])} ({m} members) vs "
+            f"{_mb(d['single_run_activations'])} (one run); peak memory "
+            f"({d['memory_measure']}) ensemble {_mb(d['ensemble_peak_memory'])} vs sequential "
+            f"{_mb(d['sequential_peak_memory'])}; same verdicts "
+            f"{d['same_verdicts']}; load average {d['load_average'][0]:.2f} -> "
+            f"{d['load_average'][1]:.2f}"
+        )
+    if "sampler" in sections:
+        from training.sampler_bench import benchmark_sampler
+
+        s = settings["sampler"]
+        for r in benchmark_sampler(16, s["length"], s["repeats"], device=str(dev)):
+            report(
+                Comparison(
+                    f"sampler ({r['name']}, B={r['batch']}, N={r['length']}, "
+                    f"{r['threads']} thread)",
+                    "vectorised scan",
+                    "per-position loop",
+                    r["vectorised_s"],
+                    r["loop_s"],
+                    r,
+                )
+            )
+    if "patching" in sections:
+        if patching is None:
+            report(
+                Comparison(
+                    "patching",
+                    "batched",
+                    "transformer_lens.patching",
+                    None,
+                    None,
+                    skipped="no patching benchmark was supplied (run `markov-lens bench`)",
+                )
+            )
+        else:
+            for c in patching(mode, str(dev)):
+                report(c)
+    if "reproductions" in sections:
+        s = settings["reproductions"]
+        # worker processes: the local backend's default; only in full mode (starting them
+        # costs seconds, which would dominate the reduced settings)
+        workers = min(2, os.cpu_count() or 1) if mode == "full" else 0
+        for name in ("tying", "depth"):
+            for c in compare_reproduction(name, s["size"], s["seeds"], s["iters"], device, workers):
+                report(c)
+                d = c.details
+            emit(
+                f"  {name}: finished {d['finished']}; same verdicts (ensemble vs sequential) "
+                f"{d['same_verdicts']}"
+                + (
+                    "; CUDA peak memory "
+                    + ", ".join(f"{k} {_mb(v)}" for k, v in d["peak_memory"].items())
+                    if dev.type == "cuda"
+                    else ""
+                )
+            )
+    if "scaling" in sections:
+        tables = scaling_tables(settings["scaling"], base)
+        out["tables"] = tables
+        titles = {
+            "seq_len": "step time against sequence length",
+            "members": "step time against ensemble members",
+            "layers": "step time against depth (layers)",
+        }
+        for axis, rows in tables.items():
+            emit(f"\n{titles[axis]} (best of {settings['scaling']['repeats']} steps):")
+            emit(format_table(axis, rows))
+    emit(machine_line(dev).replace("machine:", "at the end, machine:"))
+    return out

@@ -1,0 +1,401 @@
+"""``markov-lens train | sweep | reproduce``: train one run, a grid of runs, or a paper experiment.
+
+markov-lens train --p 0.5 --q 0.8 --layers 1 --d-model 8 --tie --iters 400 --out runs/a
+markov-lens train --config runs/a/config.json --seed 1 --out runs/b     # same run, seed 1
+markov-lens train --resume --out runs/a                                 # continue it
+markov-lens sweep spec.yaml --out runs/sweep1 --workers 2
+markov-lens reproduce tying --quick --out runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from training.options import build_run_config
+from training.runs import CONFIG, SUMMARY, read_json
+from training.sweeps import load_spec, markdown_table, run_sweep
+
+# argparse dest -> (section, option key)
+CHAIN_FLAGS = {
+    "p": "p",
+    "q": "q",
+    "order": "order",
+    "states": "states",
+    "in_context": "in_context",
+    "alpha": "alpha",
+    "doubly_stochastic": "doubly_stochastic",
+    "chain_init": "chain_init",
+}
+MODEL_FLAGS = {
+    "layers": "layers",
+    "heads": "heads",
+    "d_model": "d_model",
+    "d_head": "d_head",
+    "d_mlp": "d_mlp",
+    "tie": "tie",
+    "mlp": "mlp",
+    "ln": "ln",
+    "window": "window",
+    "init": "init",
+    "init_range": "init_range",
+    "act_fn": "act_fn",
+}
+TRAIN_FLAGS = {
+    "iters": "iters",
+    "seq_len": "seq_len",
+    "batch": "batch",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "schedule": "schedule",
+    "grad_clip": "grad_clip",
+    "eval_every": "eval_every",
+    "eval_batches": "eval_batches",
+    "save_every": "save_every",
+    "checkpoints_per_octave": "checkpoints_per_octave",
+    "precision": "precision",
+    "device": "device",
+}
+UNSET = object()  # --window's default: "none" (full causal) is a value, not "not given"
+MODEL_FIELD_OF = {
+    "layers": "n_layers",
+    "heads": "n_heads",
+    "tie": "tie_embeddings",
+    "mlp": "attn_only",
+    "ln": "normalization_type",
+    "window": "attn_window",
+}
+
+
+def _window(text: str):
+    if text.lower() in ("none", "causal", "full"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"window must be an int >= 0 or 'none', got {text!r}"
+        ) from None
+    return None if value < 0 else value
+
+
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        if n < 1:
+            raise ValueError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+
+
+def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_sweep(subparsers)
+    _register_reproduce(subparsers)
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _register_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train one transformer on a Markov chain (writes a run directory)",
+        description="Train a transformer on a Markov chain with the paper's recipe (AdamW 2e-3, "
+        "OneCycle, batch 16 x 1024, 400 steps; every value can be changed) and write RUN_DIR: "
+        "config.json, metrics.jsonl, checkpoints/, summary.json (with the verdict bigram / "
+        "unigram / neither).",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML/JSON run config (sections chain, model, "
+        "train, seed; a run's config.json works); flags override it",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue RUN_DIR from its last checkpoint"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite a finished/unfinished RUN_DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--stop-at", type=int, metavar="STEP", help="pause after STEP (resumable)")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    c = p.add_argument_group("chain")
+    c.add_argument("--p", type=float, help="P(1|0) of a binary chain (move prob. with --states)")
+    c.add_argument("--q", type=float, help="P(0|1) of a binary chain")
+    c.add_argument("--order", type=int, metavar="K", help="order; with --p/--q the lag-K chain")
+    c.add_argument("--states", type=int, metavar="S", help="number of states")
+    c.add_argument(
+        "--in-context",
+        action="store_true",
+        default=None,
+        help="in-context chain: a fresh Dirichlet kernel per sequence",
+    )
+    c.add_argument("--alpha", type=float, help="Dirichlet concentration (in-context)")
+    c.add_argument(
+        "--doubly-stochastic",
+        action="store_true",
+        default=None,
+        help="in-context: doubly stochastic kernels (uniform marginal)",
+    )
+    c.add_argument(
+        "--chain-init", choices=("stationary", "uniform"), help="law of the first tokens"
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--layers", type=int)
+    m.add_argument("--heads", type=int)
+    m.add_argument("--d-model", type=int)
+    m.add_argument("--d-head", type=int)
+    m.add_argument("--d-mlp", type=int)
+    m.add_argument(
+        "--tie",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tie W_U = W_E^T (default: tied, as the paper)",
+    )
+    m.add_argument(
+        "--no-mlp", dest="mlp", action="store_false", default=None, help="attention only"
+    )
+    m.add_argument("--no-ln", dest="ln", action="store_false", default=None, help="no LayerNorm")
+    m.add_argument(
+        "--window",
+        type=_window,
+        metavar="M",
+        default=UNSET,
+        help="attend to the last M+1 positions (the paper's --memory); none = causal",
+    )
+    m.add_argument("--init", choices=("paper", "theta_pi", "good"), help="initialisation")
+    m.add_argument("--init-range", type=float, help="std of the paper init (0.02)")
+    m.add_argument("--act-fn", choices=("gelu", "relu"))
+    t = p.add_argument_group("training (defaults: the paper's recipe)")
+    t.add_argument("--iters", type=int, help="updates (400)")
+    t.add_argument("--seq-len", type=int, help="sequence length (1024)")
+    t.add_argument("--batch", type=int, help="batch size (16)")
+    t.add_argument("--lr", type=float, help="peak learning rate (2e-3)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay on linear weights (1e-3)")
+    t.add_argument("--schedule", choices=("onecycle", "constant"))
+    t.add_argument("--grad-clip", type=float, help="max gradient norm (none)")
+    t.add_argument("--eval-every", type=int, help="updates between evaluations (10)")
+    t.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (2)")
+    t.add_argument("--save-every", type=int, help="updates between resume checkpoints (50)")
+    t.add_argument("--checkpoints-per-octave", type=int, help="log-spaced checkpoints (1)")
+    t.add_argument("--precision", choices=("fp32", "bf16"))
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.set_defaults(func=run_train)
+
+
+def _load_config_file(path: str) -> dict:
+    doc = load_spec(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a run config must be a mapping with chain/model/train/seed")
+    return doc
+
+
+def train_document(args: argparse.Namespace) -> dict:
+    """The run config document: --config FILE (if any) overlaid with the given flags."""
+    doc = _load_config_file(args.config) if args.config else {}
+    if args.resume and not args.config and (Path(args.out) / CONFIG).exists():
+        doc = read_json(Path(args.out) / CONFIG)  # `--resume --out DIR`: the run's own config
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
+    chain_flags = {
+        key: getattr(args, dest)
+        for dest, key in CHAIN_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
+    if chain_flags:
+        chain = doc.get("chain") or {}
+        doc["chain"] = chain_flags if "family" in chain else chain | chain_flags
+    model = doc.get("model") or {}
+    for dest, key in MODEL_FLAGS.items():
+        value = getattr(args, dest)
+        if value is UNSET or (value is None and dest != "window"):
+            continue
+        model.pop(MODEL_FIELD_OF.get(key, key), None)
+        model[key] = value
+    if model:
+        doc["model"] = model
+    train = doc.get("train") or {}
+    for dest, key in TRAIN_FLAGS.items():
+        if getattr(args, dest) is not None:
+            train[key] = getattr(args, dest)
+    if train:
+        doc["train"] = train
+    if args.seed is not None:
+        doc["seed"] = args.seed
+    return doc
+
+
+def _print_summary(summary: dict, run_dir: str) -> None:
+    keys = (
+        "verdict",
+        "final_eval_loss",
+        "entropy_rate",
+        "unigram_loss",
+        "final_rel_excess",
+        "final_dependence",
+        "p_hat",
+        "q_hat",
+        "plateau_exit_step",
+        "plateau_steps",
+        "steps",
+        "seed",
+        "wall_seconds",
+    )
+    rows = [{"field": k, "value": summary.get(k)} for k in keys if k in summary]
+    print(markdown_table(rows), end="")
+    print(f"run directory: {run_dir}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.trainer import TrainingDiverged, train
+
+    _set_threads(args.threads)
+    rc = build_run_config(train_document(args))
+    try:
+        result = train(
+            rc.model,
+            rc.chain,
+            rc.train,
+            seed=rc.seed,
+            out_dir=args.out,
+            resume=args.resume,
+            force=args.force,
+            progress=not args.no_progress,
+            stop_at=args.stop_at,
+        )
+    except TrainingDiverged as err:
+        print(f"markov-lens train: diverged: {err}", file=sys.stderr)
+        return 1
+    summary = dict(result)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif summary.get("status") == "paused":
+        print(
+            f"paused at step {summary['steps']}; continue with: markov-lens train --resume "
+            f"--out {args.out}"
+        )
+    else:
+        _print_summary(summary, args.out)
+    return 0
+
+
+# ------------------------------------------------------------------------------ sweep
+
+
+def _register_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="train a grid of runs (chain x model x train options x seeds) in parallel",
+        description="Run every combination of the list-valued options in SPEC (YAML or JSON: "
+        "sections chain, model, train with `markov-lens train` option names, and seeds) "
+        "for every seed; finished runs are skipped, so re-running resumes. Writes "
+        "DIR/runs/, DIR/results.csv, DIR/aggregate.csv and DIR/aggregate.md.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="sweep spec file (.yaml, .yml or .json)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument(
+        "--backend",
+        default="local",
+        help="local (worker processes, default), ensemble (same-shape runs trained as one "
+        "batched computation) or ray",
+    )
+    p.add_argument("--address", help="Ray cluster address (with --backend ray)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.set_defaults(func=run_sweep_cmd)
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from training.sweeps import expand
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        tasks = expand(spec, args.out)
+        for t in tasks:
+            done = " (finished)" if (Path(t.run_dir) / SUMMARY).exists() else ""
+            print(f"{t.run_dir}{done}")
+        print(f"{len(tasks)} runs in {len({t.cell for t in tasks})} cells")
+        return 0
+    backend = args.backend
+    if args.address is not None:
+        if backend != "ray":
+            raise ValueError("--address needs --backend ray")
+        from training.ray_backend import RayBackend
+
+        backend = RayBackend(address=args.address)
+    result = run_sweep(spec, args.out, workers=args.workers, backend=backend)
+    print((Path(args.out) / "aggregate.md").read_text(), end="")
+    for key, path in result.files.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+# -------------------------------------------------------------------------- reproduce
+
+
+def _register_reproduce(subparsers) -> None:
+    from training.experiments import EXPERIMENTS
+
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce one of the paper's experiments (figures, CSV, markdown summary)",
+        description="Reproduce an experiment of Makkuva et al. through the sweep machinery "
+        "(parallel, resumable). Experiments: "
+        + "; ".join(f"{k}: {v[2]}" for k, v in EXPERIMENTS.items())
+        + ". Default settings are the paper's; --quick runs in minutes on a 2-core CPU.",
+    )
+    p.add_argument(
+        "name", choices=list(EXPERIMENTS), metavar="NAME", help="one of: " + ", ".join(EXPERIMENTS)
+    )
+    p.add_argument("--quick", action="store_true", help="shorter sequences, fewer seeds/cells")
+    p.add_argument(
+        "--size",
+        choices=("full", "quick", "test"),
+        help="settings size (--quick = --size quick; test = tiny, for the test suite)",
+    )
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: 3)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME[-SIZE])")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from training.experiments import claims_table, reproduce
+
+    if args.quick and args.size not in (None, "quick"):
+        raise ValueError(f"--quick conflicts with --size {args.size}")
+    size = args.size or ("quick" if args.quick else "full")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    rep = reproduce(args.name, args.out, size=size, seeds=args.seeds, workers=args.workers)
+    cols = [
+        "seeds",
+        "bigram",
+        "unigram",
+        "neither",
+        "loss_mean",
+        "entropy_rate",
+        "unigram_loss",
+        "on_plateau",
+        "escaped",
+        "exit_step_median",
+    ]
+    keys = [
+        k
+        for k in (rep.table[0] if rep.table else {})
+        if k not in cols and not k.startswith(("finished", "loss_", "plateau_", "wall_"))
+    ]
+    print(f"\n{args.name} ({size}): {len(rep.table)} cells, wall {rep.wall_seconds:.0f} s\n")
+    print(markdown_table(rep.table, keys + cols))
+    print(claims_table(rep.claims))
+    print(f"outputs in {os.path.abspath(rep.out_dir)}:")
+    for path in list(rep.figures.values()) + [rep.files["summary_csv"], rep.files["summary_md"]]:
+        print(f"  {path}")
+    return 0

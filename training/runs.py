@@ -1,0 +1,185 @@
+"""Run directories: what the trainer writes, and `load_run` to read it back.
+
+    RUN_DIR/
+        config.json        {"model": ModelConfig dict, "chain": chain dict,
+                            "train": TrainConfig dict, "seed": int}
+        metrics.jsonl      one JSON object per evaluation (step, eval_loss, kl, ...)
+        checkpoints/
+            step_000000/   checkpoints (training.checkpoints format) at log-spaced steps
+            step_000001/   and the last step; each also holds the optimiser, scheduler and
+            ...            step state needed to resume exactly
+            latest/        rolling resume checkpoint while a run is in progress
+        summary.json       written when the run ends (final_eval_loss, entropy_rate,
+                           unigram_loss, verdict, steps, seed, wall_seconds, ...)
+
+A run is *finished* when summary.json exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.chains import MarkovChain, chain_from_dict
+from training.checkpoints import load_checkpoint
+from training.config import ModelConfig
+from training.model import MarkovTransformer
+from training.recipe import TrainConfig
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` via a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file. A last line cut short (a process killed while
+    writing it) is ignored; a bad line anywhere else is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1} is not valid JSON: {err}") from err
+    return out
+
+
+@dataclass
+class Run:
+    """A run directory, read: configs, chain, seed; checkpoints, metrics and summary on demand."""
+
+    path: Path
+    model_config: ModelConfig
+    chain: MarkovChain
+    train_config: TrainConfig
+    seed: int
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / SUMMARY).exists()
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps with a kept checkpoint (checkpoints/step_XXXXXX), ascending."""
+        root = self.path / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        steps = []
+        for entry in root.iterdir():
+            m = STEP_DIR.match(entry.name)
+            if m and entry.is_dir():
+                steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def checkpoint_path(self, step: int | None = None) -> Path:
+        """Directory of the checkpoint at `step` (default: the last one)."""
+        steps = self.checkpoint_steps()
+        if not steps:
+            raise FileNotFoundError(f"run {self.path} has no checkpoints yet")
+        if step is None:
+            step = steps[-1]
+        if step not in steps:
+            raise ValueError(f"run {self.path} has no checkpoint at step {step}; it has {steps}")
+        return self.path / CHECKPOINTS / step_dir_name(step)
+
+    def model(
+        self, step: int | None = None, device: str | torch.device | None = None
+    ) -> MarkovTransformer:
+        """The model at `step` (default: the last checkpoint), eval mode, on `device`
+        (default: CUDA when available, else CPU)."""
+        return load_checkpoint(
+            self.checkpoint_path(step), device=device, expected_config=self.model_config
+        )
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every evaluation record of metrics.jsonl, in order (step, eval_loss, kl, ...)."""
+        return read_metrics(self.path / METRICS)
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json (FileNotFoundError if the run has not finished)."""
+        path = self.path / SUMMARY
+        if not path.exists():
+            raise FileNotFoundError(
+                f"run {self.path} has no {SUMMARY}: it has not finished (resume it with "
+                "`markov-lens train --resume --out RUN_DIR`)"
+            )
+        return read_json(path)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_config.to_dict(),
+            "chain": self.chain.to_dict(),
+            "train": self.train_config.to_dict(),
+            "seed": self.seed,
+        }
+
+
+def parse_run_config(d: Any, where: str = "config") -> tuple:
+    """(ModelConfig, chain, TrainConfig, seed) from a config.json dict; ValueError if bad."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    allowed = {"model", "chain", "train", "seed"}
+    unknown = sorted(set(d) - allowed)
+    missing = sorted(allowed - set(d))
+    if unknown or missing:
+        raise ValueError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+    seed = d["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    return (
+        ModelConfig.from_dict(d["model"]),
+        chain_from_dict(d["chain"]),
+        TrainConfig.from_dict(d["train"]),
+        seed,
+    )
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read the run directory `run_dir` (it must hold config.json)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    if not (path / CONFIG).exists():
+        raise FileNotFoundError(f"{path} is not a run directory: it has no {CONFIG}")
+    model_config, chain, train_config, seed = parse_run_config(
+        read_json(path / CONFIG), str(path / CONFIG)
+    )
+    return Run(path, model_config, chain, train_config, seed)

@@ -1,0 +1,794 @@
+"""Train a MarkovTransformer on a Markov chain, with exact references, checkpoints and resume.
+
+``train(model_config, chain, train_config, seed, out_dir)`` runs the paper's recipe
+(training.recipe.TrainConfig) and returns a TrainResult: the summary dict, with the trained
+model as ``.model`` and the metric records as ``.metrics``. With out_dir it writes a run
+directory (training.runs); with out_dir=None it trains in memory.
+
+Reproducibility. Every source of randomness is a generator seeded from (seed, stream, step)
+through numpy's SeedSequence: the model init (stream 0), the training batch of update t
+(stream 1, step t: a fresh batch every step, independent of how the run was interrupted)
+and the fixed held-out evaluation batches (stream 2). There is no running generator, so the
+"generator state" of a checkpoint is its step. The same config and seed give the same
+metrics (timing fields aside) and weights on the same device and torch thread count; a run
+resumed from any checkpoint ends bit-identical on CPU to one that never stopped, because a
+checkpoint holds the weights, the AdamW moments, the step (which fixes the learning rate:
+TrainConfig.lr_at) and the running train-loss accumulators (safetensors + JSON, no pickle).
+
+Metrics (one JSON object per evaluation in metrics.jsonl; losses in nats, positions 0..N-2
+of every held-out sequence): step, eval_loss, gap_entropy = eval_loss - L*, gap_unigram =
+eval_loss - L_u, kl = mean KL(true next-token law || model) (chain.next_token_probs: the
+kernel row, or the in-context Bayes predictive), kl_unigram = mean KL(unigram predictor ||
+model), rel_excess, rel_unigram, dependence (training.verdicts), accuracy (argmax = next
+token), p_hat = mean predicted P(1 | x_n = 0) and q_hat = mean predicted P(0 | x_n = 1)
+(binary first-order chains; kernel_hat for other small fixed kernels), train_loss (mean
+training loss since the previous evaluation), lr (of the update that produced this step;
+step 0: the first update's), tokens_seen, wall_seconds and tokens_per_s (since the
+previous evaluation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from training.chains import InContextChain, MarkovChain, add_pseudocount_probs, chain_from_dict
+from training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from training.config import ModelConfig
+from training.fast_attention import fused_attention
+from training.inits import apply_init
+from training.model import MarkovTransformer, per_token_loss
+from training.recipe import TrainConfig
+from training.references import in_context_losses, reference_losses, stationary_marginal
+from training.runs import (
+    CHECKPOINTS,
+    CONFIG,
+    LATEST,
+    METRICS,
+    STEP_DIR,
+    SUMMARY,
+    load_run,
+    read_json,
+    read_metrics,
+    step_dir_name,
+    write_json_atomic,
+)
+from training.verdicts import VerdictRule, relative, summarise_metrics
+
+STREAM_INIT, STREAM_TRAIN, STREAM_EVAL = 0, 1, 2
+RUN_FORMAT = "markov-lens-run/1"
+DECAYED_LEAVES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+TIMING_KEYS = ("wall_seconds", "tokens_per_s")
+IN_CONTEXT_REFERENCE_TOKENS = 1 << 20  # Monte Carlo tokens for in-context reference losses
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainResult(dict):
+    """The summary dict of a run, with the trained model (`.model`, eval mode), the metric
+    records (`.metrics`) and the run directory (`.path`, None when trained in memory)."""
+
+    def __init__(
+        self,
+        summary: dict[str, Any],
+        model: MarkovTransformer,
+        metrics: list[dict[str, Any]],
+        path: Path | None,
+    ):
+        super().__init__(summary)
+        self.model = model
+        self.metrics = metrics
+        self.path = path
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self)
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+def derive_seed(seed: int, stream: int, step: int = 0) -> int:
+    """A 63-bit seed for (run seed, stream, step), via numpy's SeedSequence (deterministic)."""
+    hi, lo = np.random.SeedSequence([int(seed), int(stream), int(step)]).generate_state(2)
+    return ((int(hi) << 32) | int(lo)) & ((1 << 63) - 1)
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"invalid device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def decay_parameter_names(model: MarkovTransformer, train_config: TrainConfig) -> list[str]:
+    """Names of the parameters AdamW decays (recipe.py explains the paper's rule): W_Q, W_K,
+    W_V, W_O, W_in, W_out, an untied unembed.W_U; a tied embed.W_E only with
+    decay_tied_embedding. Never W_pos, LayerNorm weights or biases."""
+    names = []
+    for name, _ in model.named_parameters():
+        leaf = name.split(".")[-1]
+        if leaf in DECAYED_LEAVES or name == "unembed.W_U":
+            names.append(name)
+        elif name == "embed.W_E" and model.cfg.tie_embeddings and train_config.decay_tied_embedding:
+            names.append(name)
+    return names
+
+
+def make_optimizer(
+    model: MarkovTransformer, train_config: TrainConfig
+) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW with a decay group (the paper's weight decay) and a no-decay group; also the
+    parameter names in the optimiser's index order (for checkpointing its state)."""
+    decay = set(decay_parameter_names(model, train_config))
+    params = dict(model.named_parameters())
+    decay_names = sorted(n for n in params if n in decay)
+    other_names = sorted(n for n in params if n not in decay)
+    groups = [
+        {"params": [params[n] for n in decay_names], "weight_decay": train_config.weight_decay},
+        {"params": [params[n] for n in other_names], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(
+        groups, lr=train_config.lr, betas=tuple(train_config.betas), eps=train_config.eps
+    )
+    return opt, decay_names + other_names
+
+
+def lr_schedule(train_config: TrainConfig) -> list[float]:
+    """The learning rate of every update 0..iters-1 (TrainConfig.lr_at: torch's OneCycleLR in
+    closed form, which the tests check against torch itself)."""
+    return [train_config.lr_at(i) for i in range(train_config.iters)]
+
+
+# --------------------------------------------------------------------------- references
+
+
+def run_references(chain: MarkovChain, train_config: TrainConfig) -> dict[str, Any]:
+    """The two reference losses of the verdict (nats): optimal_loss L* and unigram_loss L_u.
+
+    Fixed chains: exact (entropy rate, H(pi), plus references.reference_losses). In-context
+    chains: references.in_context_losses at the training length, Bayes and add-alpha unigram
+    means (Monte Carlo, about 2^20 tokens, seed 0).
+    """
+    if isinstance(chain, InContextChain):
+        n_seq = max(64, IN_CONTEXT_REFERENCE_TOKENS // train_config.seq_len)
+        ic = in_context_losses(
+            chain, length=train_config.seq_len, n_sequences=n_seq, seed=0, beta=chain.alpha
+        )
+        return {
+            "kind": "in_context",
+            "optimal_loss": ic["bayes"]["mean"],
+            "unigram_loss": ic["unigram"]["mean"],
+            "uniform_loss": ic["uniform"]["mean"],
+            "oracle_loss": ic["oracle"]["mean"],
+            "monte_carlo_se": ic["bayes"]["se"],
+            "length": train_config.seq_len,
+            "n_sequences": n_seq,
+        }
+    refs = reference_losses(chain)
+    return {
+        "kind": "fixed",
+        "optimal_loss": refs["entropy_rate"],
+        "unigram_loss": refs["unigram_loss"],
+        "order_losses": refs["order_losses"],
+        "stationary": refs["stationary"],
+    } | ({"p": refs["p"], "q": refs["q"], "pi_1": refs["pi_1"]} if "p" in refs else {})
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvalSet:
+    """Fixed held-out batches with everything the metrics compare against, precomputed."""
+
+    def __init__(
+        self, chain: MarkovChain, train_config: TrainConfig, seed: int, device: torch.device
+    ):
+        self.chain = chain
+        self.in_context = isinstance(chain, InContextChain)
+        S, k = chain.n_states, chain.order
+        self.S, self.k = S, k
+        gen = make_generator(device, derive_seed(seed, STREAM_EVAL))
+        self.tokens: list[Int[Tensor, "batch pos"]] = []
+        self.true: list[Float[Tensor, "batch pos_m1 S"]] = []
+        self.unigram: list[Float[Tensor, "batch pos_m1 S"]] = []
+        self.context: list[Int[Tensor, "batch npos"]] = []
+        pi = None if self.in_context else stationary_marginal(chain).to(device)
+        for _ in range(train_config.eval_batches):
+            tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
+            self.tokens.append(tokens)
+            self.true.append(chain.next_token_probs(tokens)[:, :-1])
+            if self.in_context:
+                uni = add_pseudocount_probs(tokens, S, 0, chain.alpha)[:, :-1]
+            else:
+                uni = pi.expand(tokens.shape[0], tokens.shape[1] - 1, S)
+            self.unigram.append(uni)
+            # context (last k tokens, base S) of predictions at positions k-1..N-2
+            win = tokens[:, :-1].unfold(1, k, 1)
+            powers = S ** torch.arange(k - 1, -1, -1, device=device)
+            self.context.append((win * powers).sum(-1))
+        self.M = S**k
+        self.true_information = None
+        if not self.in_context:
+            means, weights = self.group_means(self.true)
+            self.true_information = information(means, weights)
+
+    def group_means(
+        self, probs: list[Float[Tensor, "batch pos_m1 S"]]
+    ) -> tuple[Float[Tensor, "M S"], Float[Tensor, " M"]]:
+        """Mean prediction given each context of the last k tokens, and context frequencies."""
+        sums = torch.zeros(self.M, self.S, dtype=torch.float64, device=probs[0].device)
+        counts = torch.zeros(self.M, dtype=torch.float64, device=probs[0].device)
+        for p, z in zip(probs, self.context, strict=True):
+            p = p[:, self.k - 1 :].reshape(-1, self.S)
+            z = z.reshape(-1)
+            sums.index_add_(0, z, p)
+            counts.index_add_(0, z, torch.ones_like(z, dtype=torch.float64))
+        means = sums / counts.clamp_min(1)[:, None]
+        return means, counts / counts.sum()
+
+
+def information(means: Float[Tensor, "M S"], weights: Float[Tensor, " M"]) -> float:
+    """sum_z w_z KL(m_z || sum_z' w_z' m_z'), nats: what the mean predictions say about z."""
+    mbar = (weights[:, None] * means).sum(0)
+    kl = torch.special.xlogy(means, means) - torch.special.xlogy(means, mbar.clamp_min(1e-300))
+    return float((weights * kl.sum(-1)).sum())
+
+
+def _kl_rows(true: Tensor, logp: Tensor) -> Tensor:
+    """KL(true || exp(logp)) over the last dim (0 log 0 = 0)."""
+    return (torch.special.xlogy(true, true) - true * logp).sum(-1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: MarkovTransformer, eval_set: EvalSet, refs: dict[str, Any], autocast: Callable
+) -> dict[str, Any]:
+    """Metrics of `model` on the fixed evaluation batches (see the module docstring)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = kl_sum = klu_sum = correct = 0.0
+    n = 0
+    preds = []
+    for tokens, true, uni in zip(eval_set.tokens, eval_set.true, eval_set.unigram, strict=True):
+        with autocast():
+            logits = model(tokens)
+        logp = logits[:, :-1].double().log_softmax(-1)
+        targets = tokens[:, 1:]
+        loss_sum += float(-logp.gather(-1, targets[..., None]).sum())
+        kl_sum += float(_kl_rows(true, logp).sum())
+        klu_sum += float(_kl_rows(uni, logp).sum())
+        correct += float((logp.argmax(-1) == targets).sum())
+        n += targets.numel()
+        preds.append(logp.exp())
+    model.train(was_training)
+    L_opt, L_uni = refs["optimal_loss"], refs["unigram_loss"]
+    gap = L_uni - L_opt
+    out: dict[str, Any] = {
+        "eval_loss": loss_sum / n,
+        "gap_entropy": loss_sum / n - L_opt,
+        "gap_unigram": loss_sum / n - L_uni,
+        "kl": kl_sum / n,
+        "kl_unigram": klu_sum / n,
+        "accuracy": correct / n,
+    }
+    out["rel_excess"] = relative(out["kl"], gap)
+    out["rel_unigram"] = relative(out["kl_unigram"], gap)
+    if eval_set.in_context:
+        r, u = out["rel_excess"], out["rel_unigram"]
+        out["dependence"] = u / (u + r) if r is not None and u is not None and u + r > 0 else None
+    else:
+        means, weights = eval_set.group_means(preds)
+        true_info = eval_set.true_information
+        out["dependence"] = information(means, weights) / true_info if true_info > 1e-12 else None
+        if eval_set.S == 2 and eval_set.k == 1:
+            out["p_hat"] = float(means[0, 1])
+            out["q_hat"] = float(means[1, 0])
+        elif means.numel() <= 64:
+            out["kernel_hat"] = means.tolist()
+    if not math.isfinite(out["eval_loss"]):
+        for key in ("rel_excess", "rel_unigram", "dependence"):
+            out[key] = None
+    return out
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def _optimizer_state(
+    opt: torch.optim.Optimizer, names: list[str]
+) -> tuple[dict[str, Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"optim/{names[idx]}/{key}"] = torch.as_tensor(value)
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    for g in groups:
+        g["betas"] = list(g["betas"])
+    return tensors, groups
+
+
+def _load_optimizer_state(
+    opt: torch.optim.Optimizer, names: list[str], tensors: dict[str, Tensor], groups: list[dict]
+) -> None:
+    index = {name: i for i, name in enumerate(names)}
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim/"):
+            continue
+        _, name, field = key.split("/", 2)
+        if name not in index:
+            raise CheckpointError(f"optimiser state for unknown parameter {name!r}")
+        state.setdefault(index[name], {})[field] = value
+    groups = [dict(g) for g in groups]
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _resume_candidates(run_dir: Path) -> list[tuple[int, Path]]:
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        m = STEP_DIR.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry))
+        elif entry.name in (LATEST, f".{LATEST}.old"):
+            found.append((-1, entry))  # step known after reading
+    return found
+
+
+def check_checkpoint_config(ckpt, model_config: ModelConfig) -> None:
+    """CheckpointError naming the fields where `ckpt` was saved from another architecture."""
+    mine, theirs = model_config.to_dict(), ckpt.config.to_dict()
+    diff = [k for k in mine if mine.get(k) != theirs.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}={theirs.get(k)!r} (expected {mine.get(k)!r})" for k in diff)
+        raise CheckpointError(f"{ckpt.path} is from another config: {detail}")
+
+
+def find_resume_checkpoint(run_dir: Path, model_config: ModelConfig | None = None):
+    """The verified checkpoint with the highest step that holds resume state, or None.
+    Unreadable or corrupt candidates are skipped with a warning; with `model_config`, a
+    candidate saved from another architecture is refused (CheckpointError), never trained
+    over."""
+    best = None
+    for _, path in sorted(_resume_candidates(run_dir), key=lambda t: t[0], reverse=True):
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as err:
+            warnings.warn(f"skipping checkpoint {path}: {err}", stacklevel=2)
+            continue
+        if "resume" not in ckpt.metadata:
+            continue
+        if model_config is not None:
+            check_checkpoint_config(ckpt, model_config)
+        if best is None or ckpt.step > best.step:
+            best = ckpt
+    return best
+
+
+def _clean_partial_saves(run_dir: Path) -> None:
+    """Remove temporary directories a killed save left in checkpoints/ (never a checkpoint)."""
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.startswith(".") and ".tmp-" in entry.name and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _config_dict(model_config, chain, train_config, seed) -> dict[str, Any]:
+    return {
+        "model": model_config.to_dict(),
+        "chain": chain.to_dict(),
+        "train": train_config.to_dict(),
+        "seed": seed,
+    }
+
+
+def _config_differences(saved: dict, new: dict) -> list[str]:
+    diffs = []
+    for section in ("model", "chain", "train", "seed"):
+        a, b = saved.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if section == "train" and key == "device":
+                    continue
+                if a.get(key) != b.get(key):
+                    diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
+        elif a != b:
+            diffs.append(f"{section}: saved {a!r}, now {b!r}")
+    return diffs
+
+
+def _prepare_run_dir(out_dir: Path, config: dict, resume: bool, force: bool) -> bool:
+    """Check/create the run directory. Returns True when the run is already finished (and
+    resume was asked for), so there is nothing to do."""
+    ours = [out_dir / n for n in (CONFIG, METRICS, SUMMARY, CHECKPOINTS)]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    has_config = (out_dir / CONFIG).exists()
+    finished = (out_dir / SUMMARY).exists()
+    if force:
+        for path in ours:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    elif has_config:
+        saved = read_json(out_dir / CONFIG)
+        diffs = _config_differences(saved, config)
+        if finished and not resume:
+            raise FileExistsError(
+                f"{out_dir} holds a finished run (summary.json); pass force=True (--force) to "
+                "train it again from scratch, or choose another directory"
+            )
+        if not resume:
+            raise FileExistsError(
+                f"{out_dir} holds an unfinished run; pass resume=True (--resume) to continue "
+                "it or force=True (--force) to start over"
+            )
+        if diffs:
+            raise ValueError(f"cannot resume {out_dir}: its config differs: " + "; ".join(diffs))
+        return finished
+    elif any(p.exists() for p in ours[1:]):
+        raise FileExistsError(
+            f"{out_dir} holds run files but no {CONFIG}; pass force=True (--force) to replace "
+            "them or choose another directory"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / CONFIG).exists():
+        write_json_atomic(out_dir / CONFIG, config)
+    return False
+
+
+def _truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
+    """Keep the records with step <= last_step (rewritten atomically); return them."""
+    kept = [m for m in read_metrics(path) if m["step"] <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        for m in kept:
+            f.write(json.dumps(m) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return kept
+
+
+def train(
+    model_config: ModelConfig,
+    chain: MarkovChain | dict,
+    train_config: TrainConfig | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train a MarkovTransformer on `chain` with `train_config` (default: the paper's recipe).
+
+    out_dir: run directory to write (config.json, metrics.jsonl, checkpoints/, summary.json);
+    None trains in memory. A finished run is never overwritten unless force=True; an
+    unfinished one is continued with resume=True (from its newest checkpoint, restoring the
+    optimiser state, step and loss accumulators), or restarted with force=True. resume=True on
+    a finished run returns its summary (and last model) without training.
+    stop_at: stop cleanly after this step with a resume checkpoint (status "paused").
+    progress: a tqdm bar (step, loss, gap to the entropy rate) when stderr is a terminal.
+
+    Returns the summary (a TrainResult dict; `.model`, `.metrics`, `.path`). Raises
+    TrainingDiverged (after writing a "diverged" summary.json) if the loss turns NaN/inf.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(chain, dict):
+        chain = chain_from_dict(chain)
+    train_config = train_config or TrainConfig()
+    if not isinstance(model_config, ModelConfig):
+        raise ValueError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
+    if model_config.n_ctx < train_config.seq_len:
+        raise ValueError(
+            f"model n_ctx={model_config.n_ctx} is shorter than seq_len={train_config.seq_len}"
+        )
+    if model_config.d_vocab != chain.n_states:
+        raise ValueError(
+            f"model d_vocab={model_config.d_vocab} but the chain has {chain.n_states} states"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if stop_at is not None and not (0 <= stop_at <= train_config.iters):
+        raise ValueError(f"stop_at must be in 0..{train_config.iters}, got {stop_at!r}")
+    device = resolve_device(train_config.device)
+    config = _config_dict(model_config, chain, train_config, seed)
+    run_dir = Path(out_dir) if out_dir is not None else None
+
+    if run_dir is not None and _prepare_run_dir(run_dir, config, resume, force):
+        run = load_run(run_dir)
+        model = run.model(device=device) if run.checkpoint_steps() else None
+        return TrainResult(run.summary(), model, run.metrics(), run_dir)
+
+    refs = run_references(chain, train_config)
+    gap = refs["unigram_loss"] - refs["optimal_loss"]
+    model_config = ModelConfig.from_dict(model_config.to_dict())  # private copy
+    model = MarkovTransformer(model_config, seed=derive_seed(seed, STREAM_INIT))
+    pi = (
+        torch.full((chain.n_states,), 1.0 / chain.n_states, dtype=torch.float64)
+        if isinstance(chain, InContextChain)
+        else stationary_marginal(chain)
+    )
+    apply_init(model, model_config.init, pi=pi)
+    model.to(device)
+    opt, opt_names = make_optimizer(model, train_config)
+    autocast_enabled = train_config.precision == "bf16"
+
+    def autocast():
+        if not autocast_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    eval_set = EvalSet(chain, train_config, seed, device)
+    checkpoint_steps = set(train_config.checkpoint_steps())
+    step = 0
+    metrics: list[dict[str, Any]] = []
+    train_loss_sum, train_loss_count = 0.0, 0
+    wall_before = 0.0
+    if run_dir is not None:
+        _clean_partial_saves(run_dir)
+        ckpt = find_resume_checkpoint(run_dir, model_config) if resume else None
+        if ckpt is not None:
+            state = ckpt.metadata["resume"]
+            model.load_state_dict(ckpt.weights)
+            _load_optimizer_state(opt, opt_names, ckpt.state, state["param_groups"])
+            step = ckpt.step
+            train_loss_sum = state["train_loss_sum"]
+            train_loss_count = state["train_loss_count"]
+            wall_before = state["wall_seconds"]
+            metrics = _truncate_metrics(run_dir / METRICS, step)
+        elif (run_dir / METRICS).exists():
+            (run_dir / METRICS).unlink()  # a run that never reached a checkpoint restarts
+
+    tokens_per_step = train_config.tokens_per_step
+    t_start = time.perf_counter()
+    t_last, tokens_last = t_start, step * tokens_per_step
+    last_lr = train_config.lr_at(0)
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - t_start
+
+    def record_eval() -> dict[str, Any]:
+        nonlocal t_last, tokens_last, train_loss_sum, train_loss_count
+        now = time.perf_counter()
+        rec = {"step": step} | evaluate(model, eval_set, refs, autocast)
+        rec["train_loss"] = train_loss_sum / train_loss_count if train_loss_count else None
+        rec["lr"] = last_lr
+        rec["tokens_seen"] = step * tokens_per_step
+        rec["wall_seconds"] = wall()
+        dt = now - t_last
+        rec["tokens_per_s"] = (step * tokens_per_step - tokens_last) / dt if dt > 0 else None
+        t_last, tokens_last = time.perf_counter(), step * tokens_per_step
+        train_loss_sum, train_loss_count = 0.0, 0
+        metrics.append(rec)
+        if run_dir is not None:
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        return rec
+
+    def save(path: Path, overwrite: bool = False) -> None:
+        tensors, groups = _optimizer_state(opt, opt_names)
+        meta = {
+            "run_format": RUN_FORMAT,
+            "step": step,
+            "seed": seed,
+            "chain": chain.to_dict(),
+            "train": train_config.to_dict(),
+            "resume": {
+                "param_groups": groups,
+                "lr_schedule": "TrainConfig.lr_at(step), a function of the step",
+                "param_names": opt_names,
+                "train_loss_sum": train_loss_sum,
+                "train_loss_count": train_loss_count,
+                "wall_seconds": wall(),
+                "data_seeds": "SeedSequence([seed, 1, step]) per training batch",
+            },
+        }
+        save_checkpoint(path, model, metadata=meta, state=tensors, overwrite=overwrite)
+
+    bar = tqdm(
+        total=train_config.iters,
+        initial=step,
+        disable=None if progress else True,
+        desc=run_dir.name if run_dir is not None else "train",
+        dynamic_ncols=True,
+    )
+    ckpt_root = run_dir / CHECKPOINTS if run_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fused_attention(model, train_config.fused_attention))
+        stack.callback(bar.close)
+        if step == 0 and not metrics:
+            record_eval()
+            if ckpt_root is not None and 0 in checkpoint_steps:
+                save(ckpt_root / step_dir_name(0), overwrite=True)
+        model.train()
+        while step < train_config.iters:
+            if stop_at is not None and step >= stop_at:
+                break
+            gen = make_generator(device, derive_seed(seed, STREAM_TRAIN, step))
+            tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
+            last_lr = train_config.lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = last_lr
+            loss_value = _train_step(model, opt, tokens, train_config, autocast)
+            if not math.isfinite(loss_value):
+                _diverged(run_dir, step, loss_value, last_lr, metrics, refs, seed, wall())
+            step += 1
+            train_loss_sum += loss_value
+            train_loss_count += 1
+            bar.update(1)
+            is_last = step == train_config.iters
+            if step % train_config.eval_every == 0 or is_last:
+                rec = record_eval()
+                bar.set_postfix(
+                    loss=f"{rec['eval_loss']:.4f}", gap=f"{rec['gap_entropy']:+.4f}", refresh=False
+                )
+            if ckpt_root is not None:
+                if step in checkpoint_steps:
+                    save(ckpt_root / step_dir_name(step), overwrite=True)
+                elif train_config.save_every and step % train_config.save_every == 0:
+                    save(ckpt_root / LATEST, overwrite=True)
+    model.eval()
+    if step < train_config.iters:  # paused by stop_at
+        if ckpt_root is not None and step not in checkpoint_steps:
+            save(ckpt_root / LATEST, overwrite=True)
+        paused = {"status": "paused", "steps": step, "seed": seed, "wall_seconds": wall()}
+        return TrainResult(paused, model, metrics, run_dir)
+
+    summary = _summary(metrics, refs, gap, chain, train_config, seed, wall(), device, model)
+    if run_dir is not None:
+        write_json_atomic(run_dir / SUMMARY, summary)
+        shutil.rmtree(ckpt_root / LATEST, ignore_errors=True)
+        shutil.rmtree(ckpt_root / f".{LATEST}.old", ignore_errors=True)
+    return TrainResult(summary, model, metrics, run_dir)
+
+
+def _train_step(
+    model: MarkovTransformer,
+    opt: torch.optim.Optimizer,
+    tokens: Int[Tensor, "batch pos"],
+    train_config: TrainConfig,
+    autocast: Callable,
+) -> float:
+    """One update on `tokens`; returns the batch loss (nats). Nothing is updated if the loss
+    is not finite."""
+    with autocast():
+        logits = model(tokens)
+    loss = per_token_loss(logits.float(), tokens).mean()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return value
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if train_config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+    opt.step()
+    return value
+
+
+def _diverged(run_dir, step, loss_value, lr, metrics, refs, seed, wall_seconds) -> None:
+    """Stop a run whose training loss at `step` (the weights after `step` updates) is not
+    finite: drop the checkpoint of those weights if one was saved, write a "diverged"
+    summary naming the last good checkpoint, raise TrainingDiverged."""
+    kept = None
+    if run_dir is not None:
+        root = run_dir / CHECKPOINTS
+        shutil.rmtree(root / step_dir_name(step), ignore_errors=True)
+        for name in (LATEST, f".{LATEST}.old"):
+            try:
+                if read_checkpoint(root / name).step >= step:
+                    shutil.rmtree(root / name, ignore_errors=True)
+            except CheckpointError:
+                pass
+        ckpt = find_resume_checkpoint(run_dir)
+        kept = str(ckpt.path) if ckpt is not None else None
+    message = (
+        f"the training loss became {loss_value} at step {step} (the weights after {step} "
+        f"updates, lr {lr:.3g}); stopped. "
+        + (f"The last good checkpoint is {kept}. " if kept else "")
+        + "Lower the learning rate (--lr) or enable gradient clipping (grad_clip)."
+    )
+    if run_dir is not None:
+        last = metrics[-1] if metrics else {}
+        write_json_atomic(
+            run_dir / SUMMARY,
+            {
+                "status": "diverged",
+                "message": message,
+                "verdict": "neither",
+                "diverged_step": step,
+                "last_good_checkpoint": kept,
+                "final_eval_loss": last.get("eval_loss"),
+                "entropy_rate": refs["optimal_loss"],
+                "unigram_loss": refs["unigram_loss"],
+                "steps": step,
+                "seed": seed,
+                "wall_seconds": wall_seconds,
+                "plateau_exit_step": None,
+                "plateau_steps": None,
+            },
+        )
+    raise TrainingDiverged(message)
+
+
+def _summary(metrics, refs, gap, chain, train_config, seed, wall_seconds, device, model) -> dict:
+    last = metrics[-1]
+    judged = summarise_metrics(metrics, gap, VerdictRule())
+    out = {
+        "status": "finished",
+        "verdict": judged["verdict"],
+        "final_eval_loss": last["eval_loss"],
+        "entropy_rate": refs["optimal_loss"],
+        "unigram_loss": refs["unigram_loss"],
+        "gap": gap,
+        "final_kl": last["kl"],
+        "final_rel_excess": last["rel_excess"],
+        "final_rel_unigram": last["rel_unigram"],
+        "final_dependence": last["dependence"],
+        "final_accuracy": last["accuracy"],
+        "plateau_exit_step": judged["plateau_exit_step"],
+        "plateau_steps": judged["plateau_steps"],
+        "plateau_first_step": judged["plateau_first_step"],
+        "steps": train_config.iters,
+        "seed": seed,
+        "wall_seconds": wall_seconds,
+        "tokens_per_s": train_config.iters * train_config.tokens_per_step / wall_seconds
+        if wall_seconds > 0
+        else None,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "chain": chain.to_dict(),
+        "references": refs,
+        "verdict_rule": VerdictRule().to_dict(),
+    }
+    for key in ("p_hat", "q_hat", "kernel_hat"):
+        if key in last:
+            out[key] = last[key]
+    if "p" in refs:
+        out["p"], out["q"], out["pi_1"] = refs["p"], refs["q"], refs["pi_1"]
+    return out

@@ -1,0 +1,165 @@
+"""Did a run learn the kernel ("bigram"), the marginal ("unigram"), or neither? And the plateau.
+
+Two reference losses bracket every run (nats): the optimal loss L* (fixed chains: the entropy
+rate, i.e. the optimal order-k predictor; in-context chains: the in-context Bayes loss) and
+the unigram loss L_u (fixed chains: H(pi); in-context chains: the in-context add-alpha
+unigram loss). gap = L_u - L* > 0. Measured on the fixed evaluation batches:
+
+- rel_excess r = KL(true law || model) / gap, averaged over positions. Its expectation is
+  (eval loss - L*) / gap: 0 at the kernel, 1 at the marginal (for fixed chains exactly:
+  E_x KL(K[x] || pi) = I(X_n+1; context) = gap). KL instead of the raw loss removes the noise
+  of the sampled targets, which matters where gap is small (p + q near 1).
+- rel_unigram u = KL(unigram predictor || model) / gap: 0 when the model predicts the marginal
+  pi (in-context: the add-alpha token frequencies) at every position.
+- dependence d: how much the prediction depends on the context the optimal predictor uses.
+  Fixed chains: I_model / I_true, where I_f = sum_z w_z KL(m_z || m) is the information the
+  mean prediction m_z given the last k tokens z carries about z (w_z: frequency of z, m: the
+  overall mean prediction); 1 for the kernel, 0 for any context-free prediction. In-context
+  chains: u / (u + r), 1 at the Bayes predictor, 0 at the in-context unigram predictor.
+
+Verdict (VerdictRule defaults): "bigram" if r <= 0.2 and d >= 0.5; "unigram" if u <= 0.1 and
+d <= 0.2 (then r is near 1); otherwise "neither". If gap < 1e-4 nats the two references
+coincide (p + q = 1: an i.i.d. chain) and the verdict is "bigram" when KL <= 1e-3, else
+"neither".
+
+Plateau (REFERENCE.md section 3): ``plateau_exit_step`` is the first evaluated step with
+r < 1/2 (eval loss below the midpoint of L* and L_u) after an evaluation with r >= 1/2, None
+if that never happens (also when the run starts below the midpoint). ``plateau_steps`` counts
+the updates spent at the unigram point: the sum of the evaluation intervals that start at an
+evaluation with |r - 1| <= 0.1 (loss within 10% of the gap from the unigram loss) and
+u <= 0.1 (predicting the marginal; this keeps out a model that merely passes through that
+loss, like the tied paper init whose loss on a sticky chain starts near it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+VERDICTS = ("bigram", "unigram", "neither")
+
+
+@dataclass
+class VerdictRule:
+    """Thresholds of the verdict and the plateau statistics (relative to the gap)."""
+
+    bigram_max_excess: float = 0.2
+    bigram_min_dependence: float = 0.5
+    unigram_max_distance: float = 0.1
+    unigram_max_dependence: float = 0.2
+    near_unigram: float = 0.1
+    min_gap: float = 1e-4
+    degenerate_max_kl: float = 1e-3
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def verdict(
+    rel_excess: float | None,
+    rel_unigram: float | None,
+    dependence: float | None,
+    *,
+    gap: float,
+    kl: float | None = None,
+    rule: VerdictRule | None = None,
+) -> str:
+    """ "bigram", "unigram" or "neither" from one evaluation's relative measures (see module)."""
+    rule = rule or VerdictRule()
+    if gap < rule.min_gap:
+        return "bigram" if _finite(kl) and kl <= rule.degenerate_max_kl else "neither"
+    if not (_finite(rel_excess) and _finite(rel_unigram)):
+        return "neither"
+    dep = dependence if _finite(dependence) else None
+    if rel_excess <= rule.bigram_max_excess and (dep is None or dep >= rule.bigram_min_dependence):
+        return "bigram"
+    if rel_unigram <= rule.unigram_max_distance and (
+        dep is None or dep <= rule.unigram_max_dependence
+    ):
+        return "unigram"
+    return "neither"
+
+
+def plateau_stats(
+    steps: list[int],
+    rel_excess: list[float | None],
+    rel_unigram: list[float | None] | None = None,
+    rule: VerdictRule | None = None,
+) -> dict[str, Any]:
+    """Plateau statistics of one run's evaluations (steps ascending, r = rel_excess,
+    u = rel_unigram; without u only r decides "at the unigram point").
+
+    Returns plateau_exit_step (int or None), plateau_steps (int), plateau_first_step (first
+    evaluated step at the unigram point, or None).
+    """
+    rule = rule or VerdictRule()
+    if len(steps) != len(rel_excess) or (
+        rel_unigram is not None and len(rel_unigram) != len(steps)
+    ):
+        raise ValueError(f"{len(steps)} steps but {len(rel_excess)} values")
+    us = rel_unigram if rel_unigram is not None else [0.0] * len(steps)
+    exit_step = None
+    above = False
+    first_near = None
+    plateau = 0
+    for i, (step, r, u) in enumerate(zip(steps, rel_excess, us, strict=True)):
+        if not _finite(r):
+            continue
+        if r >= 0.5:
+            above = True
+        elif above and exit_step is None:
+            exit_step = int(step)
+        if abs(r - 1.0) <= rule.near_unigram and _finite(u) and u <= rule.near_unigram:
+            if first_near is None:
+                first_near = int(step)
+            if i + 1 < len(steps):
+                plateau += int(steps[i + 1]) - int(step)
+    return {
+        "plateau_exit_step": exit_step,
+        "plateau_steps": plateau,
+        "plateau_first_step": first_near,
+    }
+
+
+def relative(value: float | None, gap: float) -> float | None:
+    """value / gap, or None when the gap is degenerate or the value is missing."""
+    if not _finite(value) or gap <= 0:
+        return None
+    return float(value) / gap
+
+
+def summarise_metrics(
+    metrics: list[dict[str, Any]], gap: float, rule: VerdictRule | None = None
+) -> dict[str, Any]:
+    """Verdict and plateau statistics from a run's metric records (each with step, kl,
+    rel_excess, rel_unigram, dependence). The verdict uses the last record."""
+    rule = rule or VerdictRule()
+    if not metrics:
+        raise ValueError("no metric records to summarise")
+    last = metrics[-1]
+    out = {
+        "verdict": verdict(
+            last.get("rel_excess"),
+            last.get("rel_unigram"),
+            last.get("dependence"),
+            gap=gap,
+            kl=last.get("kl"),
+            rule=rule,
+        )
+    }
+    if gap >= rule.min_gap:
+        out |= plateau_stats(
+            [m["step"] for m in metrics],
+            [m.get("rel_excess") for m in metrics],
+            [m.get("rel_unigram") for m in metrics],
+            rule,
+        )
+    else:
+        out |= {"plateau_exit_step": None, "plateau_steps": None, "plateau_first_step": None}
+    return out
