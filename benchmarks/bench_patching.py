@@ -16,7 +16,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--acts", default="resid_pre", help="comma-separated activations")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.threads:

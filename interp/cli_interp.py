@@ -25,16 +25,14 @@ from interp.explain import (
     ExplainConfig,
     analyse_attention,
     check_outputs,
-    default_corruptions,
-    explain_model,
+    default_out_dir,
+    explain_run,
     finite_json,
-    report_files,
     resolve_seq_len,
-    write_report,
 )
 from interp.patching import ACTS, DIRECTIONS, METRICS, direct_path_effects, run_patching
 from interp.patching_plots import plot_patching_result
-from training.runs import load_run, step_dir_name
+from training.runs import load_run
 
 
 def _positive(text: str) -> int:
@@ -125,11 +123,7 @@ def _open(args: argparse.Namespace, command: str):
         raise FileNotFoundError(f"run {run.path} has no checkpoints")
     step = steps[-1] if args.step is None else args.step
     model = run.model(step, device=_device(args.device))
-    if args.out:
-        out = Path(args.out)
-    else:
-        suffix = "" if args.step is None else f"-{step_dir_name(step)}"
-        out = run.path / "interp" / f"{command}{suffix}"
+    out = Path(args.out) if args.out else default_out_dir(run.path, command, args.step)
     seq_len = resolve_seq_len(model, args.seq_len, run.train_config.seq_len)
     if seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
@@ -224,13 +218,14 @@ def run_patch(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    run, model, step, out, n = _open(args, "explain")
-    config = ExplainConfig(n_seqs=args.n_seqs, seq_len=n, seed=args.seed, metric=args.metric)
-    corruptions = config.corruptions or default_corruptions(run.chain)
-    check_outputs(out, report_files(corruptions), args.force)
-    expl = explain_model(model, run.chain, config)
-    title = f"markov-lens explain: {run.path.name} (step {step})"
-    report = write_report(expl, out, title, overwrite=args.force)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    config = ExplainConfig(
+        n_seqs=args.n_seqs, seq_len=args.seq_len, seed=args.seed, metric=args.metric
+    )
+    report, expl = explain_run(
+        args.run_dir, args.out, args.step, config, args.force, _device(args.device)
+    )
     s = expl.summary
     ratio = "n/a" if s["flip_ratio"] is None else f"{s['flip_ratio']:.2f}"
     print(f"verdict: {s['verdict']} (flip ratio {ratio}, carrier {s['carrier']}); wrote {report}")

@@ -434,8 +434,8 @@ def reduced_mode(args) -> int:
     p, q = _one(args.p, "p"), _one(args.q, "q")
     model = ReducedModel(p, q)
     # Initial points: small e across w on both sides of the saddle, and a few larger ones.
-    w0 = torch.tensor([-1.5, -1.2, -1.0, -0.8, -0.6, -0.4, -0.2, 0.2, 0.5, 1.0, 1.5])
-    e0 = torch.tensor([0.05, 0.3, 1.0])
+    w0 = torch.tensor([-1.5, -1.2, -1.0, -0.8, -0.6, -0.4, -0.2, 0.2, 0.5, 1.0, 1.5]).double()
+    e0 = torch.tensor([0.05, 0.3, 1.0]).double()
     E0, W0 = torch.meshgrid(e0, w0, indexing="ij")
     flows = model.flow(E0.reshape(-1), W0.reshape(-1), t_max=400.0, n_out=401)
     final = flows.final

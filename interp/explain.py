@@ -16,7 +16,7 @@ true effect: "bigram" if rho >= 0.5 (the output follows x_n), "unigram" if |rho|
 ignores x_n: the marginal solution), "partial" in between, "undetermined" when the true law does
 not depend on x_n (|true effect| < 1e-3, e.g. p + q = 1).
 
-``explain_run`` / ``markov-lens explain RUN_DIR`` write report.md, explain.json and PNGs.
+``explain_run(RUN_DIR)`` / ``markov-lens explain RUN_DIR`` write report.md, explain.json and PNGs.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from interp.patching import (
 from interp.patching_plots import plot_direct_paths, plot_patching_result
 from training.chains import InContextChain, MarkovChain
 from training.model import MarkovTransformer
+from training.runs import load_run, step_dir_name
 
 BIGRAM_RATIO = 0.5
 UNIGRAM_RATIO = 0.1
@@ -526,3 +527,37 @@ def _markdown(s: dict, title: str, corruptions: list[str]) -> str:
         lines.append(f"| {comp} | {_fmt(v)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def default_out_dir(run_dir: str | Path, command: str, step: int | None = None) -> Path:
+    """RUN_DIR/interp/COMMAND, or RUN_DIR/interp/COMMAND-step_XXXXXX for an explicit step."""
+    suffix = "" if step is None else f"-{step_dir_name(step)}"
+    return Path(run_dir) / "interp" / f"{command}{suffix}"
+
+
+def explain_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    step: int | None = None,
+    config: ExplainConfig | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[Path, Explanation]:
+    """``explain_model`` on a run directory's checkpoint (default: the last) and
+    ``write_report`` into ``out_dir`` (default ``default_out_dir(run_dir, "explain", step)``).
+    Existing outputs are refused (FileExistsError) before any work unless ``overwrite``.
+    Returns (report path, explanation)."""
+    run = load_run(run_dir)
+    steps = run.checkpoint_steps()
+    if not steps:
+        raise FileNotFoundError(f"run {run.path} has no checkpoints")
+    chosen = steps[-1] if step is None else step
+    model = run.model(chosen, device=device)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run.path, "explain", step)
+    config = config or ExplainConfig()
+    check_outputs(
+        out, report_files(config.corruptions or default_corruptions(run.chain)), overwrite
+    )
+    expl = explain_model(model, run.chain, config, train_len=run.train_config.seq_len)
+    title = f"markov-lens explain: {run.path.name} (step {chosen})"
+    return write_report(expl, out, title, overwrite=overwrite), expl

@@ -455,6 +455,13 @@ def patch_sweep(
         if name not in source:
             raise ValueError(f"source has no activation {name!r}")
     eng = _Engine(model, tokens, torch.tensor(R, device=dev))
+    for layer in range(cfg.n_layers):
+        name = hook_name(act, layer)
+        if tuple(source[name].shape) != tuple(eng.cache[name].shape):
+            raise ValueError(
+                f"source {name!r} has shape {tuple(source[name].shape)}, the target run's is "
+                f"{tuple(eng.cache[name].shape)} (same batch size and length needed)"
+            )
     index = _index_grid(act, by_pos, cfg.n_layers, N, cfg.n_heads).to(dev)
     out = torch.empty(len(index), B, device=dev, dtype=model.W_E.dtype)
     for layer in range(cfg.n_layers):

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from interp.cli import main
-from interp.explain import ExplainConfig, explain_model, mechanistic_verdict, write_report
+from interp.explain import (
+    ExplainConfig,
+    explain_model,
+    explain_run,
+    mechanistic_verdict,
+    write_report,
+)
 from training.chains import BinaryChain, InContextChain
 from training.config import ModelConfig
 from training.recipe import TrainConfig
@@ -114,8 +120,8 @@ def test_in_context_model_reads_x_n_through_attention(runs):
 
 
 def test_report_files(runs, tmp_path):
-    expl = _explain(runs["theta_pi"], corruptions=["flip"])
-    report = write_report(expl, tmp_path / "r", "theta_pi")
+    config = ExplainConfig(n_seqs=16, seq_len=12, corruptions=["flip"])
+    report, expl = explain_run(runs["theta_pi"], tmp_path / "r", config=config, device="cpu")
     text = report.read_text()
     assert "**unigram**" in text and "![offset profile](offset_profile.png)" in text
     names = {p.name for p in (tmp_path / "r").iterdir()}

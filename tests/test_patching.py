@@ -156,6 +156,8 @@ def test_bad_arguments(setup):
         patch_sweep(model, corrupt, source, "resid_pre", metric, readout=(40,))
     with pytest.raises(ValueError, match="source has no"):
         patch_sweep(model, corrupt, {}, "resid_pre", metric)
+    with pytest.raises(ValueError, match="same batch size"):
+        patch_sweep(model, corrupt[:1], source, "resid_pre", metric)
     model.train()
     try:
         with pytest.raises(ValueError, match="eval mode"):

@@ -59,6 +59,16 @@ TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 SECTIONS = ("chain", "model", "train", "seed")
 
 
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: Any) -> int:
+    """A run seed: an integer in 0..2^63-1 (ValueError otherwise)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
+    return seed
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run: architecture, data source, recipe and seed."""
@@ -92,29 +102,57 @@ def _check_keys(section: str, d: Any, allowed: tuple[str, ...]) -> dict:
     return dict(d)
 
 
+def _opt_int(name: str, value: Any, minimum: int, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"chain option {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _opt_bool(section: str, name: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{section} option {name} must be true or false, got {value!r}")
+    return value
+
+
+MAX_STATES_POWER = 1 << 16  # S^(k+1) kernel entries at most (a bigger kernel is a typo)
+
+
 def build_chain(opts: dict[str, Any] | None) -> MarkovChain:
     """The chain the chain options name (or a chain dict with "family")."""
     if isinstance(opts, dict) and "family" in opts:
+        if not isinstance(opts["family"], str):
+            raise ValueError(f"chain family must be a string, got {opts['family']!r}")
         return chain_from_dict(opts)
     o = _check_keys("chain", opts, CHAIN_OPTIONS)
     init = o.pop("chain_init", None)
-    if o.get("in_context"):
+    if init is not None and not isinstance(init, str):
+        raise ValueError(f"chain option chain_init must be a string, got {init!r}")
+    kw = {"init": init} if init else {}
+    in_context = _opt_bool("chain", "in_context", o.get("in_context"))
+    doubly = _opt_bool("chain", "doubly_stochastic", o.get("doubly_stochastic"))
+    states = _opt_int("states", o.get("states"), 2, 2)
+    order = _opt_int("order", o.get("order"), 1, 1)
+    if states ** (order + 1) > MAX_STATES_POWER:
+        raise ValueError(
+            f"states={states}, order={order} give a kernel of {states}^{order + 1} entries; "
+            f"at most {MAX_STATES_POWER}"
+        )
+    if in_context:
         for bad in ("p", "q"):
             if o.get(bad) is not None:
                 raise ValueError(f"chain option {bad!r} does not apply to an in-context chain")
-        args = {
-            k: o[k]
-            for k in ("states", "order", "alpha", "doubly_stochastic")
-            if o.get(k) is not None
-        }
-        return InContextChain(**args, **({"init": init} if init else {}))
+        args = {"states": states, "order": order}
+        if o.get("alpha") is not None:
+            args["alpha"] = o["alpha"]
+        if doubly is not None:
+            args["doubly_stochastic"] = doubly
+        return InContextChain(**args, **kw)
     for bad in ("alpha", "doubly_stochastic"):
         if o.get(bad) not in (None, False):
             raise ValueError(f"chain option {bad!r} needs in_context: true")
-    states = o.get("states") or 2
-    order = o.get("order") or 1
     p, q = o.get("p"), o.get("q")
-    kw = {"init": init} if init else {}
     if states != 2:
         if p is None or q is not None:
             raise ValueError(
@@ -149,6 +187,8 @@ def build_model_config(opts: dict[str, Any] | None, seq_len: int) -> ModelConfig
         target = MODEL_ALIASES.get(key, key)
         if target in fields:
             raise ValueError(f"model options give {target} twice (as {key!r} and its alias)")
+        if key in ("tie", "mlp", "ln"):
+            _opt_bool("model", key, value)
         if key == "mlp":
             value = not value
         elif key == "ln":
@@ -157,6 +197,8 @@ def build_model_config(opts: dict[str, Any] | None, seq_len: int) -> ModelConfig
             value = _window(value)
         fields[target] = value
     fields.setdefault("n_ctx", seq_len)
+    if not isinstance(fields["n_ctx"], int) or isinstance(fields["n_ctx"], bool):
+        raise ValueError(f"model n_ctx must be an integer, got {fields['n_ctx']!r}")
     if fields["n_ctx"] < seq_len:
         raise ValueError(f"model n_ctx={fields['n_ctx']} is shorter than train seq_len={seq_len}")
     return ModelConfig.paper(**fields)
@@ -181,7 +223,5 @@ def build_run_config(doc: dict[str, Any]) -> RunConfig:
                 f"model d_vocab={model.d_vocab} does not match the chain's {chain.n_states} states"
             )
         model = dataclasses.replace(model, d_vocab=chain.n_states)
-    seed = doc.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = check_seed(doc.get("seed", 0))
     return RunConfig(model=model, chain=chain, train=train, seed=seed)

@@ -47,8 +47,8 @@ def step_dir_name(step: int) -> str:
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -75,11 +75,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as err:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1} is not valid JSON: {err}") from err
+            raise ValueError(f"{path}:{i + 1} is not valid JSON: {str(err)[:200]}") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(
+                f"{path}:{i + 1} is not a metric record (a JSON object with an integer step)"
+            )
+        out.append(record)
     return out
 
 
@@ -141,7 +147,10 @@ class Run:
                 f"run {self.path} has no {SUMMARY}: it has not finished (resume it with "
                 "`markov-lens train --resume --out RUN_DIR`)"
             )
-        return read_json(path)
+        summary = read_json(path)
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} is not a run summary (a JSON object)")
+        return summary
 
     def config_dict(self) -> dict[str, Any]:
         return {

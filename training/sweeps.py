@@ -50,6 +50,7 @@ from typing import Any
 from training.locks import lock_directory
 from training.options import (
     CHAIN_OPTIONS,
+    MAX_SEED,
     MODEL_OPTIONS,
     TRAIN_OPTIONS,
     build_run_config,
@@ -106,41 +107,75 @@ class SweepResult:
 # ------------------------------------------------------------------------------ specs
 
 
+MAX_SPEC_DEPTH = 64
+
+
+def max_bracket_depth(text: str) -> int:
+    """Deepest nesting of [ and { in `text` (a cheap guard before parsing)."""
+    depth = best = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return best
+
+
 def load_spec(path: str | os.PathLike) -> dict | list:
-    """Read a YAML (.yaml/.yml) or JSON spec file."""
+    """Read a YAML (.yaml/.yml) or JSON spec file (ValueError if it cannot be parsed)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"spec file {path} does not exist")
-    text = path.read_text()
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a spec file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text file: {err}") from None
+    depth = max_bracket_depth(text)
+    if depth > MAX_SPEC_DEPTH:
+        raise ValueError(f"{path} nests {depth} levels deep; a spec needs at most a few")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from err
+            return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except (yaml.YAMLError, RecursionError) as err:
+            raise ValueError(f"{path} is not valid YAML: {str(err)[:200]}") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
+
+
+MAX_RUNS = 100_000  # runs in one sweep (a bigger grid is almost surely a typo)
+MAX_CELLS = 10_000
 
 
 def _seeds(value: Any) -> list[int]:
     if value is None:
         return [0]
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError(f"seeds: an int means seeds 0..N-1 and must be >= 1, got {value}")
+        if not 1 <= value <= MAX_RUNS:
+            raise ValueError(
+                f"seeds: an int N means seeds 0..N-1; N must be in 1..{MAX_RUNS}, got {value}"
+            )
         return list(range(value))
     if (
         isinstance(value, list)
         and value
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+        and len(value) <= MAX_RUNS
+        and all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in value
+        )
     ):
         if len(set(value)) != len(value):
             raise ValueError(f"seeds must not repeat, got {value}")
         return list(value)
-    raise ValueError(f"seeds must be an int N or a non-empty list of ints >= 0, got {value!r}")
+    raise ValueError(
+        f"seeds must be an int N or a non-empty list of ints in 0..2^63-1, got {value!r}"
+    )
 
 
 def validate_spec(spec: Any) -> list[dict]:
@@ -193,7 +228,8 @@ def cell_id(axes: dict[str, Any], options: dict) -> str:
     """Directory name of a cell: its axis values, readable, and a hash of all its options."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     label = "-".join(f"{k}{_fmt(v)}" for k, v in axes.items())
-    label = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    label = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in label)
+    label = label[:80]  # file names stay short; the hash keeps cells apart
     return f"{label}-{digest}" if label else digest
 
 
@@ -212,6 +248,13 @@ def expand(spec: Any, out_dir: str | os.PathLike) -> list[RunTask]:
                     axes_spec.append((section, key, value))
                 else:
                     fixed[section][key] = value
+        n_cells = math.prod(len(v) for _, _, v in axes_spec)
+        n_runs = n_cells * len(_seeds(s.get("seeds")))
+        if n_cells + len(cells) > MAX_CELLS or n_runs > MAX_RUNS:
+            raise ValueError(
+                f"the sweep is too big: {n_cells} cells and {n_runs} runs in one grid "
+                f"(at most {MAX_CELLS} cells and {MAX_RUNS} runs)"
+            )
         for combo in itertools.product(*[values for _, _, values in axes_spec]):
             options = {sec: dict(v) for sec, v in fixed.items()}
             for (section, key, _), value in zip(axes_spec, combo, strict=True):
