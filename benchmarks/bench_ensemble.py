@@ -5,14 +5,23 @@ python benchmarks/bench_ensemble.py --tables quick      # also the scaling table
 
 Prints ``ensemble training (...): M-member ensemble X tok/s vs M sequential runs Y tok/s: R.Rx``
 (both sides run in this process, in memory, same configs and seeds; nothing extrapolated),
-the data-sampling share of the ensemble step and both sides' peak memory.
+the data-sampling share of the ensemble step, both sides' peak memory, and which of the two
+paths the sweeps take at this setting (training.ensemble.stacking_pays) and whether it is the
+faster one measured.
 """
 
 import argparse
 
 import torch
 
-from training.bench import SETTINGS, compare_ensemble, format_table, machine_line, scaling_tables
+from training.bench import (
+    SETTINGS,
+    compare_ensemble,
+    format_table,
+    machine_line,
+    scaling_tables,
+    sweep_path,
+)
 from training.config import ModelConfig
 from training.recipe import TrainConfig
 from training.trainer import resolve_device
@@ -27,7 +36,7 @@ if __name__ == "__main__":
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     parser.add_argument("--tables", choices=("full", "quick", "tiny"), default=None)
     args = parser.parse_args()
     if args.threads:
@@ -54,6 +63,11 @@ if __name__ == "__main__":
         f"peak memory ensemble {d['ensemble_peak_memory']} B vs sequential "
         f"{d['sequential_peak_memory']} B ({d['memory_measure']}); same verdicts "
         f"{d['same_verdicts']}; load average {d['load_average']}"
+    )
+    path = sweep_path(tc, c.ratio)
+    print(
+        f"  sweeps use: {path['sweeps_use']} "
+        f"(faster: {'yes' if path['sweeps_take_faster'] else 'NO'})"
     )
     if args.tables:
         tables = scaling_tables(SETTINGS[args.tables]["scaling"], tc)

@@ -1,6 +1,7 @@
 """Batched activation patching vs transformer_lens.patching (prints the speed ratio per row).
 
 python benchmarks/bench_patching.py [--seq-len 256] [--layers 1,2] [--batch 8] [--acts resid_pre]
+    [--corruptions flip,resample]
 """
 
 import argparse
@@ -15,6 +16,11 @@ if __name__ == "__main__":
     parser.add_argument("--layers", default="1,2", help="comma-separated depths (1,2)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--acts", default="resid_pre", help="comma-separated activations")
+    parser.add_argument(
+        "--corruptions",
+        default="flip,resample",
+        help="comma-separated: flip (x_n flipped), resample (every position differs)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1)")
     parser.add_argument("--device", default="auto")
@@ -28,6 +34,7 @@ if __name__ == "__main__":
         acts=[a.strip() for a in args.acts.split(",")],
         repeats=args.repeats,
         device=args.device,
+        corruptions=[c.strip() for c in args.corruptions.split(",")],
     )
     for row in rows:
         print(format_row(row))

@@ -1,8 +1,16 @@
 """markov-lens bench: measure every speed claim of the package here, as ratios.
 
-markov-lens bench --quick                 # about a minute on a 2-core CPU
+markov-lens bench --quick                 # a few minutes on a 2-core CPU
 markov-lens bench                         # the paper's settings (long on a CPU)
+markov-lens bench --only step,window,startup
 markov-lens bench --only ensemble,scaling --members 64 --json bench.json
+
+Sections: step (the paper's training step with the fused kernel vs SDPA vs explicit
+attention, and its attention FLOP bound at this machine's measured matmul rate), window
+(step time for attention windows 2, 8, 32 and full at several lengths), ensemble (a stack of
+runs vs the same runs one by one, and which path the sweeps take), sampler, patching,
+reproductions (the tying and depth sweeps), scaling (step-time tables), startup
+(markov-lens commands vs `import torch`, fresh processes).
 
 Each comparison prints one line ``NAME: A vs B: R.Rx`` (R = B's time / A's time), measured
 in this process (training.bench). This command lives in interp because it also times the
@@ -57,7 +65,8 @@ def _patching_sizes(bench, mode: str, device: str) -> dict:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="measure the speed claims (ensemble training, sampler, patching, reproductions)",
+        help="measure the speed claims (training step, windows, ensembles, sampler, "
+        "patching, reproductions, start-up)",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -65,7 +74,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="reduced settings (each reduced line says so): about a minute on a 2-core CPU",
+        help="reduced settings (each reduced line says so): a few minutes on a 2-core CPU",
     )
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds, for tests
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
@@ -73,7 +82,13 @@ def register(subparsers) -> None:
         "--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast (CUDA)"
     )
     p.add_argument("--members", type=int, default=None, help="ensemble size (default 32)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on a CPU: on a shared machine multi-threaded "
+        "timings of small ops are erratic; the device's default on CUDA)",
+    )
     p.add_argument(
         "--only",
         default=",".join(SECTIONS),
@@ -93,10 +108,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--only: unknown section {s!r}; sections: {', '.join(SECTIONS)}")
     if args.json is not None and args.json.exists():
         raise FileExistsError(f"{args.json} exists; choose another --json path")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    on_cuda = args.device.startswith("cuda") or (
+        args.device == "auto" and torch.cuda.is_available()
+    )
+    threads = args.threads or (None if on_cuda else 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
     result = run_benchmarks(
         mode,
         device=args.device,

@@ -16,23 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from interp.attention import plot_offset_profile, plot_patterns, write_attention_html
-from interp.corruptions import CORRUPTIONS, make_patching_data
-from interp.explain import (
-    ExplainConfig,
-    analyse_attention,
-    check_outputs,
-    default_out_dir,
-    explain_run,
-    finite_json,
-    resolve_seq_len,
-)
-from interp.patching import ACTS, DIRECTIONS, METRICS, direct_path_effects, run_patching
-from interp.patching_plots import plot_patching_result
-from training.runs import load_run
+from interp.corruptions import CORRUPTIONS
+
+# The analysis modules (matplotlib, the model and transformer_lens) are imported by the
+# commands that run them. register still imports interp.patching for its choices, which
+# loads the model as long as interp.patching imports training.model at its top.
 
 
 def _positive(text: str) -> int:
@@ -58,6 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from interp.patching import ACTS, DIRECTIONS, METRICS
+
     a = subparsers.add_parser(
         "attention",
         help="attention heatmaps, offset profile, head scores, offline HTML view",
@@ -115,6 +107,9 @@ def _device(name: str) -> torch.device:
 
 def _open(args: argparse.Namespace, command: str):
     """(run, model, step, out_dir, seq_len) for the command's arguments."""
+    from interp.explain import default_out_dir, resolve_seq_len
+    from training.runs import load_run
+
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     run = load_run(args.run_dir)
@@ -131,6 +126,8 @@ def _open(args: argparse.Namespace, command: str):
 
 
 def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -139,6 +136,9 @@ def _save(fig, path: Path) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    from interp.attention import plot_offset_profile, plot_patterns, write_attention_html
+    from interp.explain import analyse_attention, check_outputs, finite_json
+
     run, model, step, out, n = _open(args, "attention")
     if args.max_offset < 0:
         raise ValueError(f"--max-offset must be >= 0, got {args.max_offset}")
@@ -181,6 +181,11 @@ def run_attention(args: argparse.Namespace) -> int:
 
 
 def run_patch(args: argparse.Namespace) -> int:
+    from interp.corruptions import make_patching_data
+    from interp.explain import check_outputs, finite_json
+    from interp.patching import ACTS, DIRECTIONS, direct_path_effects, run_patching
+    from interp.patching_plots import plot_patching_result
+
     run, model, step, out, n = _open(args, "patch")
     acts = [a.strip() for a in args.acts.split(",") if a.strip()]
     bad = [a for a in acts if a not in ACTS]
@@ -218,6 +223,8 @@ def run_patch(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from interp.explain import ExplainConfig, explain_run
+
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     config = ExplainConfig(

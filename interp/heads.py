@@ -30,17 +30,15 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from training.fused_attention import band_mask
+
 
 def allowed_keys(
     n: int, window: int | None, device: torch.device | str = "cpu"
 ) -> Bool[Tensor, "query key"]:
-    """Keys query i may attend to: j <= i, and j >= i - window under an attention window."""
-    i = torch.arange(n, device=device)[:, None]
-    j = torch.arange(n, device=device)[None, :]
-    allowed = j <= i
-    if window is not None:
-        allowed = allowed & (j >= i - window)
-    return allowed
+    """Keys query i may attend to: j <= i, and j >= i - window under an attention window
+    (the model's own rule, training.fused_attention.band_mask)."""
+    return band_mask(n, window, device)
 
 
 def induction_mask(tokens: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch query key"]:

@@ -45,7 +45,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -63,8 +63,10 @@ from interp.hessian import (
 from training.chains import BinaryChain, MarkovChain
 from training.config import ModelConfig
 from training.inits import init_theta_pi
-from training.model import MarkovTransformer
 from training.references import entropy_rate, stationary_marginal, unigram_loss
+
+if TYPE_CHECKING:  # the model (transformer_lens) is imported where one is built
+    from training.model import MarkovTransformer
 
 METHODS = ("auto", "exact", "lanczos")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -553,6 +555,8 @@ def theta_pi_model(
         raise ValueError(
             f"model d_vocab={model_config.d_vocab} but the chain has {chain.n_states} states"
         )
+    from training.model import MarkovTransformer
+
     model = MarkovTransformer(model_config, seed=seed).to(dtype)
     return init_theta_pi(model, stationary_marginal(chain))
 

@@ -1,28 +1,26 @@
-"""Fast activation patching: every (layer, position[, head]) patch in a few batched passes.
+"""Batched activation patching: every (layer, position[, head]) patch through the model's hooks.
 
-``patch_sweep`` returns exactly what ``transformer_lens.patching.get_act_patch_*`` returns for a
-metric that reads the logits at a few readout positions R (default the last one), but instead
-of one full forward pass per patch it
+``patch_sweep`` returns what ``transformer_lens.patching.get_act_patch_*`` returns for a metric
+that reads the logits at a few readout positions R (default the last one). Like
+TransformerLens it runs the model itself with a hook at the patched activation (the model's
+forward is the only forward; its fused attention is taken wherever no hook watches the scores
+or the pattern), but instead of one forward pass per patch it
 
-1. caches the target run once (the run being patched: corrupted tokens for denoising, clean
-   ones for noising),
-2. expands the target to [n_patches * batch] copies, chunked to bound memory, and writes each
-   copy's patched slice with one vectorised index assignment,
-3. recomputes only what a patch can change. Nothing below the patched layer changes, nor any
-   position before the patched one (causal attention), so those are read from the cache.
-   While the residual stream differs from the target's at the patched position only (after a
-   resid_pre, attn_out, mlp_out, z, q or pattern patch at p), attention sees one new key and
-   value per copy: each query's output is updated from the target's unnormalised softmax sums
-   in float64 (O(d_head) per query; rows where the old key held almost all the weight are
-   recomputed exactly), the query at p itself is recomputed. Once every later position has
-   changed, the layer is recomputed on the suffix only, and the last layer computes just the
-   readout queries.
+1. runs the target once (the run being patched: corrupted tokens for denoising, clean ones
+   for noising) with ``run_with_cache``;
+2. skips every (patch, sequence) pair whose patch changes nothing the readout can see: the
+   source's slice equals the target's own (bitwise; for a corruption at position n, every
+   position before n in every layer), or lies after the last readout (causal attention).
+   Those give the target's metric;
+3. runs the remaining pairs as copies of their target sequence, many per forward pass
+   (chunked to bound memory), each sequence cut after the last readout, with one hook per
+   patched layer that writes every copy's patched slice in one vectorised index assignment.
 
-The cost per patch falls from O(L N^2 d) to O(L N d^2) for one and two layers (and stays
-quadratic only in the middle layers of deeper models); with the batching this gives the
-speed-ups ``benchmarks/bench_patching.py`` prints. The recomputation reuses the model's own
-LayerNorm, MLP and unembedding modules and its weights; only the attention product (masked
-scores, softmax, z, W_O) is re-written here, in the model's order.
+The cost is one forward pass per patch that changes something, as in TransformerLens, less
+the Python overhead (batched) and the positions after the last readout; the speed-ups
+``benchmarks/bench_patching.py`` prints come from the skipped pairs (a flip of the last token:
+one position per layer to patch) and the batching (every position differs: a resample
+corruption, mean or resample ablation).
 
 Activation kinds (TransformerLens names, result layouts as ``get_act_patch_*``):
 
@@ -40,16 +38,18 @@ necessity (0 = the patch destroys it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.corruptions import PatchingData
-from training.model import MarkovTransformer
+
+if TYPE_CHECKING:
+    from training.model import MarkovTransformer
 
 LAYER_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_ACTS = ("z", "q", "k", "v")
@@ -57,8 +57,7 @@ ACTS = LAYER_ACTS + HEAD_ACTS + ("pattern",)
 DIRECTIONS = ("denoise", "noise")
 METRICS = ("logit_diff", "logprob")
 ABLATIONS = ("mean", "resample")
-DEFAULT_BUDGET = 1 << 24  # float elements of the largest per-chunk tensor
-SUFFIX_CHUNKS = 8  # positional sweeps use at least this many chunks per layer
+DEFAULT_BUDGET = 1 << 24  # float elements of the largest tensor of one forward pass
 
 Metric = Callable[[Float[Tensor, "*patch batch readout vocab"]], Float[Tensor, "*patch batch"]]
 
@@ -90,215 +89,6 @@ def _check_act(model: MarkovTransformer, act: str) -> None:
         raise ValueError(f"{act!r} does not exist in an attention-only model")
 
 
-class _Engine:
-    """Recomputes a MarkovTransformer's readout logits for many patched copies of a cached
-    target run. A copy c is target sequence bidx[c] with one patch; positions before the
-    chunk's first patched position s never change and are read from the cache.
-
-    Two regimes: a *row* state (the residual stream differs from the target's at one position
-    p per copy, e.g. right after a resid_pre / attn_out / mlp_out / z patch at p) and a *dense*
-    state (it differs on positions s..N-1). Attention over a row state changes one key and
-    value per copy; every query's output is then updated in O(d_head) from the target's
-    unnormalised softmax sums (float64, exact up to rounding; ill-conditioned rows, where the
-    patched key held almost all the weight, are recomputed exactly), and the query at p itself
-    is recomputed. A dense state is recomputed on the suffix, keys and values of positions < s
-    coming from the cache; the last layer computes the readout queries only.
-    """
-
-    def __init__(self, model: MarkovTransformer, tokens: Tensor, readout: Tensor):
-        self.model = model
-        self.cfg = model.cfg
-        self.batch, self.n = tokens.shape
-        self.readout = readout  # absolute positions, sorted, unique
-        _, self.cache = model.run_with_cache(tokens, return_cache_object=False)
-        self._sums: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
-
-    # ---- cached target activations -------------------------------------------------------
-    def target(self, name: str, bidx: Tensor) -> Tensor:
-        """The target's activation ``name`` for every copy (a fresh tensor)."""
-        return self.cache[name].index_select(0, bidx)
-
-    def qpos(self, layer: int, s: int) -> Tensor:
-        """Query positions recomputed in ``layer``: the suffix, or the readout in the last layer."""
-        if layer == self.cfg.n_layers - 1:
-            return self.readout
-        return torch.arange(s, self.n, device=self.readout.device)
-
-    def softmax_sums(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Float64 U = sum_k e_qk v_k [B, N, H, dh], S = sum_k e_qk [B, N, H] and the row max m
-        [B, N, H] of the target's scores, e_qk = exp(score_qk - m_q) (0 where masked)."""
-        if layer not in self._sums:
-            pre = f"blocks.{layer}.attn.hook_"
-            scores = self.cache[pre + "attn_scores"].double()  # [B, H, q, k]
-            m = scores.amax(-1, keepdim=True)
-            e = (scores - m).exp()
-            U = torch.einsum("bhqk,bkhe->bqhe", e, self.cache[pre + "v"].double())
-            S = e.sum(-1).transpose(1, 2)
-            self._sums[layer] = (U, S, m[..., 0].transpose(1, 2))
-        return self._sums[layer]
-
-    def allowed(self, layer: int, qpos: Tensor, kpos: Tensor) -> Tensor:
-        """May query qpos[..., i] attend to key kpos[..., j] (broadcast)."""
-        window = self.model.blocks[layer].attn.window
-        ok = kpos <= qpos
-        if window is not None:
-            ok = ok & (kpos >= qpos - window)
-        return ok
-
-    # ---- attention pieces -----------------------------------------------------------------
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
-        """z [C, Q, H, dh] for queries q [C, Q, H, dh] at ``qpos`` over all keys k, v [C, N, H, dh]."""
-        scores = torch.einsum("cqhe,ckhe->chqk", q, k) / math.sqrt(self.cfg.d_head)
-        keys = torch.arange(self.n, device=qpos.device)
-        ok = self.allowed(layer, qpos[:, None], keys[None, :])
-        pattern = scores.masked_fill(~ok, float("-inf")).softmax(dim=-1)
-        return torch.einsum("chqk,ckhe->cqhe", pattern, v)
-
-    def exact_rows(
-        self,
-        layer: int,
-        bidx: Tensor,
-        row_pos: Tensor,
-        q_rows: Tensor,
-        ppos: Tensor,
-        k_new: Tensor,
-        v_new: Tensor,
-    ) -> Tensor:
-        """z [R, H, dh] of single queries q_rows [R, H, dh] at positions row_pos [R] of target
-        sequences bidx [R] whose key / value at ppos [R] are replaced by k_new, v_new [R, H, dh]."""
-        pre = f"blocks.{layer}.attn.hook_"
-        r = torch.arange(len(bidx), device=bidx.device)
-        k = self.target(pre + "k", bidx)
-        v = self.target(pre + "v", bidx)
-        k[r, ppos], v[r, ppos] = k_new, v_new
-        scores = torch.einsum("rhe,rkhe->rhk", q_rows, k) / math.sqrt(self.cfg.d_head)
-        keys = torch.arange(self.n, device=bidx.device)
-        ok = self.allowed(layer, row_pos[:, None], keys[None, :])[:, None]
-        pattern = scores.masked_fill(~ok, float("-inf")).softmax(dim=-1)
-        return torch.einsum("rhk,rkhe->rhe", pattern, v)
-
-    def key_update(
-        self, layer: int, qpos: Tensor, ppos: Tensor, k_new: Tensor, v_new: Tensor, bidx: Tensor
-    ) -> Tensor:
-        """z [C, Q, H, dh] at ``qpos`` when copy c's key and value at ppos[c] become
-        k_new[c], v_new[c] [C, H, dh] (queries unchanged): a rank-one update of the target's
-        softmax sums, with an exact recomputation of ill-conditioned rows."""
-        pre = f"blocks.{layer}.attn.hook_"
-        U, S, m = self.softmax_sums(layer)
-        bq, qq = bidx[:, None], qpos[None, :]
-        q = self.cache[pre + "q"][bq, qq]  # [C, Q, H, dh]
-        s_old = self.cache[pre + "attn_scores"][bq, :, qq, ppos[:, None]]  # [C, Q, H]
-        s_new = torch.einsum("cqhe,che->cqh", q, k_new) / math.sqrt(self.cfg.d_head)
-        ok = self.allowed(layer, qq, ppos[:, None])[..., None]  # [C, Q, 1]
-        m_q = m[bq, qq]
-        zero = torch.zeros((), dtype=torch.float64, device=q.device)
-        e_old = torch.where(ok, (s_old.double() - m_q).exp(), zero)
-        e_new = torch.where(ok, (s_new.double() - m_q).clamp_max(700.0).exp(), zero)
-        S_q = S[bq, qq]
-        S_new = S_q - e_old + e_new
-        U_new = (
-            U[bq, qq]
-            - e_old[..., None] * self.cache[pre + "v"][bidx, ppos][:, None].double()
-            + e_new[..., None] * v_new[:, None].double()
-        )
-        z = (U_new / S_new[..., None]).to(q.dtype)
-        bad = (S_new < 1e-6 * (S_q + e_old)) | (s_new.double() - m_q > 700.0)
-        cb, qb = bad.any(-1).nonzero(as_tuple=True)
-        if len(cb):
-            z[cb, qb] = self.exact_rows(
-                layer, bidx[cb], qpos[qb], q[cb, qb], ppos[cb], k_new[cb], v_new[cb]
-            )
-        return z
-
-    def attn_out(self, layer: int, z: Tensor) -> Tensor:
-        attn = self.model.blocks[layer].attn
-        return torch.einsum("...qhe,hed->...qd", z, attn.W_O) + attn.b_O
-
-    # ---- blocks ---------------------------------------------------------------------------
-    def attn_block(self, layer: int, resid: Tensor, s: int, bidx: Tensor) -> Tensor:
-        """Dense: resid_pre on positions s..N-1 -> resid_mid on the layer's query positions."""
-        block = self.model.blocks[layer]
-        attn = block.attn
-        x = block.ln1(resid)
-        k = torch.einsum("cpd,hde->cphe", x, attn.W_K) + attn.b_K
-        v = torch.einsum("cpd,hde->cphe", x, attn.W_V) + attn.b_V
-        if s > 0:
-            pre = f"blocks.{layer}.attn.hook_"
-            k = torch.cat([self.cache[pre + "k"][bidx, :s], k], dim=1)
-            v = torch.cat([self.cache[pre + "v"][bidx, :s], v], dim=1)
-        qpos = self.qpos(layer, s)
-        rows = qpos - s
-        xq, rq = (x, resid) if len(rows) == x.shape[1] else (x[:, rows], resid[:, rows])
-        q = torch.einsum("cpd,hde->cphe", xq, attn.W_Q) + attn.b_Q
-        return rq + self.attn_out(layer, self.attend(layer, q, k, v, qpos))
-
-    def attn_block_row(self, layer: int, row: Tensor, ppos: Tensor, s: int, bidx: Tensor) -> Tensor:
-        """Row: resid_pre = the target's with row [C, d] at ppos -> resid_mid at the query
-        positions (dense from here on)."""
-        block = self.model.blocks[layer]
-        attn = block.attn
-        x = block.ln1(row[:, None])[:, 0]  # [C, d]
-        k_new = torch.einsum("cd,hde->che", x, attn.W_K) + attn.b_K
-        v_new = torch.einsum("cd,hde->che", x, attn.W_V) + attn.b_V
-        qpos = self.qpos(layer, s)
-        z = self.key_update(layer, qpos, ppos, k_new, v_new, bidx)
-        resid = self.target(f"blocks.{layer}.hook_resid_pre", bidx)[:, qpos]
-        c, r = self.rows_at(qpos, ppos)
-        if len(c):  # the query at p changed too
-            q_new = torch.einsum("cd,hde->che", x[c], attn.W_Q) + attn.b_Q
-            z[c, r] = self.exact_rows(layer, bidx[c], ppos[c], q_new, ppos[c], k_new[c], v_new[c])
-            resid[c, r] = row[c]
-        return resid + self.attn_out(layer, z)
-
-    def rows_at(self, qpos: Tensor, ppos: Tensor) -> tuple[Tensor, Tensor]:
-        """(copies, row indices) of the copies whose position ppos is among ``qpos``."""
-        row_of = torch.full((self.n,), -1, dtype=torch.long, device=ppos.device)
-        row_of[qpos] = torch.arange(len(qpos), device=ppos.device)
-        rows = row_of[ppos]
-        c = (rows >= 0).nonzero()[:, 0]
-        return c, rows[c]
-
-    def mlp_block(self, layer: int, resid_mid: Tensor) -> Tensor:
-        if self.cfg.attn_only:
-            return resid_mid
-        block = self.model.blocks[layer]
-        return resid_mid + block.mlp(block.ln2(resid_mid))
-
-    def logits(self, x: Tensor) -> Tensor:
-        return self.model.unembed(self.model.ln_final(x))
-
-    # ---- continuations --------------------------------------------------------------------
-    def run_from(self, layer: int, stage: str, x: Tensor, s: int, bidx: Tensor) -> Tensor:
-        """Dense: finish the forward pass from ``stage`` ("pre", "mid", "post") of ``layer``;
-        ``x`` lives on the layer's query positions (positions s..N-1 for "pre"). Returns the
-        logits at the readout [C, R, vocab]."""
-        last = self.cfg.n_layers - 1
-        while True:
-            if stage == "pre":
-                x, stage = self.attn_block(layer, x, s, bidx), "mid"
-            if stage == "mid":
-                x, stage = self.mlp_block(layer, x), "post"
-            if layer == last:
-                return self.logits(x)
-            layer, stage = layer + 1, "pre"
-
-    def run_from_row(
-        self, layer: int, stage: str, row: Tensor, ppos: Tensor, s: int, bidx: Tensor
-    ) -> Tensor:
-        """Row: the stream at ``stage`` of ``layer`` is the target's with row [C, d] at ppos."""
-        if stage == "pre":
-            mid = self.attn_block_row(layer, row, ppos, s, bidx)
-            return self.run_from(layer, "mid", mid, s, bidx)
-        if stage == "mid":
-            row = self.mlp_block(layer, row[:, None])[:, 0]
-        if layer < self.cfg.n_layers - 1:
-            return self.run_from_row(layer + 1, "pre", row, ppos, s, bidx)
-        x = self.target(f"blocks.{layer}.hook_resid_post", bidx)[:, self.readout]
-        c, r = self.rows_at(self.readout, ppos)
-        x[c, r] = row[c]
-        return self.logits(x)
-
-
 def _index_grid(act: str, by_pos: bool, n_layers: int, n: int, n_heads: int) -> Tensor:
     """All patch indices [n_patches, 3] = (layer, pos, head) in result order; -1 = all."""
     if act in LAYER_ACTS:
@@ -318,100 +108,92 @@ def _index_grid(act: str, by_pos: bool, n_layers: int, n: int, n_heads: int) -> 
     return torch.stack([g[:, 0], torch.full((len(g),), -1), g[:, 1]], 1)
 
 
-def _chunk_size(cfg, n: int, batch: int, n_query: int, budget: int) -> int:
-    """Patches per chunk so the largest per-chunk tensor stays within ``budget`` elements."""
-    width = max(cfg.d_model, cfg.n_heads * cfg.d_head, 0 if cfg.attn_only else cfg.d_mlp)
-    per_copy = max(cfg.n_heads * n_query * n, n * width)
-    return max(1, budget // (batch * per_copy))
+def _result_shape(act: str, by_pos: bool, n_layers: int, n: int, n_heads: int) -> tuple[int, ...]:
+    sizes = {"layer": n_layers, "pos": n, "head": n_heads, "dest_pos": n}
+    return tuple(sizes[a] for a in result_axes(act, by_pos))
 
 
-_STREAMS = {  # act -> (stage of the residual stream it sets, stream it is added to)
-    "resid_pre": ("pre", None),
-    "attn_out": ("mid", "hook_resid_pre"),
-    "resid_mid": ("mid", None),
-    "mlp_out": ("post", "hook_resid_mid"),
-    "resid_post": ("post", None),
-}
+def _truncate(act: str, x: Tensor, t: int) -> Tensor:
+    """An activation of ``act`` [batch, pos, ...] ([batch, head, q, k] for patterns) cut to
+    its first ``t`` positions."""
+    return x[:, :, :t, :t] if act == "pattern" else x[:, :t]
 
 
-def _patch_chunk(
-    eng: _Engine, act: str, src: Tensor, layer: int, pos: Tensor, head: Tensor, metric: Metric
-) -> Tensor:
-    """Metric [P, B] of P patches in one layer at positions ``pos`` / heads ``head`` (-1: all);
-    ``src`` is the source activation of that layer."""
-    B, N, P = eng.batch, eng.n, len(pos)
-    dev = eng.readout.device
-    C = P * B
-    bidx = torch.arange(B, device=dev).repeat(P)  # copy c = p * B + b
-    cp = torch.arange(C, device=dev)
-    ppos = pos.repeat_interleave(B)
-    phead = head.repeat_interleave(B)
-    all_pos = bool((pos < 0).any())
-    s = 0 if all_pos else min(int(pos.min()), int(eng.readout.min()))
-    last = layer == eng.cfg.n_layers - 1
-    pre = f"blocks.{layer}.attn.hook_"
+def _changed(act: str, by_pos: bool, src: Tensor, tgt: Tensor, n: int, t: int) -> Tensor:
+    """Bool [patches of one layer (result order), batch]: does the patch write into target
+    sequence b a value that differs from the target's own, at a position < t? (A patch that
+    writes what is already there, or only at positions no readout can see, changes nothing.)"""
+    diff = _truncate(act, src, t) != _truncate(act, tgt, t)
+    batch = diff.shape[0]
+    if act == "pattern":
+        diff = diff.any(-1)  # [batch, head, dest_pos]
+        if not by_pos:
+            return diff.any(-1).T
+        full = diff.new_zeros(batch, diff.shape[1], n)
+        full[:, :, :t] = diff
+        return full.permute(1, 2, 0).reshape(-1, batch)
+    diff = diff.flatten(2).any(-1) if act in LAYER_ACTS else diff.any(-1)  # [batch, t(, head)]
+    if not by_pos:
+        return diff.any(1).reshape(batch, -1).T
+    full = diff.new_zeros(batch, n, *diff.shape[2:])
+    full[:, :t] = diff
+    return full.reshape(batch, -1).T  # (pos, head) order
 
-    def done(logits: Tensor) -> Tensor:
-        return metric(logits.view(P, B, *logits.shape[1:]))
 
+def _patch_hook(act: str, by_pos: bool, src: Tensor, copy: Tensor, seq: Tensor, at: Tensor):
+    """Forward hook writing, for every k at once, the source's slice at patch index at[k] =
+    (pos, head) of target sequence seq[k] into batch row copy[k] of the activation."""
+    pos, head = at[:, 0], at[:, 1]
     if act in LAYER_ACTS:
-        stage, add = _STREAMS[act]
-        if not all_pos:
-            row = src[bidx, ppos]
-            if add is not None:
-                row = eng.cache[f"blocks.{layer}.{add}"][bidx, ppos] + row
-            return done(eng.run_from_row(layer, stage, row, ppos, s, bidx))
-        full = src.index_select(0, bidx)
-        if add is not None:
-            full = eng.target(f"blocks.{layer}.{add}", bidx) + full
-        if stage == "post" and not last:
-            return done(eng.run_from(layer + 1, "pre", full[:, s:], s, bidx))
-        x = full[:, eng.readout] if (last and stage != "pre") else full[:, s:]
-        return done(eng.run_from(layer, stage, x, s, bidx))
+        where = (pos,) if by_pos else ()
+    elif act in HEAD_ACTS:
+        where = (pos, head) if by_pos else (slice(None), head)
+    else:  # pattern [batch, head, dest_pos, src_pos]
+        where = (head, pos) if by_pos else (head,)
+    values = src[(seq, *where)]
 
-    if not all_pos and act in ("z", "q", "pattern"):  # the attention output changes at p only
-        if act == "z":
-            z_row = eng.cache[pre + "z"][bidx, ppos]
-            z_row[cp, phead] = src[bidx, ppos, phead]
-        elif act == "q":
-            q_row = eng.cache[pre + "q"][bidx, ppos]
-            q_row[cp, phead] = src[bidx, ppos, phead]
-            k_p, v_p = eng.cache[pre + "k"][bidx, ppos], eng.cache[pre + "v"][bidx, ppos]
-            z_row = eng.exact_rows(layer, bidx, ppos, q_row, ppos, k_p, v_p)
-        else:
-            p_row = eng.cache[pre + "pattern"][bidx, :, ppos]  # [C, H, N]
-            p_row[cp, phead] = src[bidx, phead, ppos]
-            z_row = torch.einsum("chk,ckhe->che", p_row, eng.target(pre + "v", bidx))
-        row = eng.cache[f"blocks.{layer}.hook_resid_pre"][bidx, ppos]
-        row = row + eng.attn_out(layer, z_row[:, None])[:, 0]
-        return done(eng.run_from_row(layer, "mid", row, ppos, s, bidx))
+    def write(x: Tensor, hook) -> Tensor:
+        x[(copy, *where)] = values
+        return x
 
-    qpos = eng.qpos(layer, s)
-    if not all_pos:  # k or v at p: one key / value per copy changes
-        k_p, v_p = eng.cache[pre + "k"][bidx, ppos], eng.cache[pre + "v"][bidx, ppos]
-        (k_p if act == "k" else v_p)[cp, phead] = src[bidx, ppos, phead]
-        z = eng.key_update(layer, qpos, ppos, k_p, v_p, bidx)
-    else:  # one head at every position: recompute the layer's attention densely
-        bq, qq, hq = bidx[:, None], qpos[None, :], phead[:, None]
-        if act == "z":
-            z = eng.target(pre + "z", bidx)[:, qpos]
-            z[cp, :, phead] = src[bq, qq, hq]
-        elif act == "pattern":
-            pattern = eng.target(pre + "pattern", bidx)[:, :, qpos]
-            pattern[cp, phead] = src[bq, hq, qq]
-            z = torch.einsum("chqk,ckhe->cqhe", pattern, eng.target(pre + "v", bidx))
-        else:
-            q = eng.target(pre + "q", bidx)[:, qpos]
-            k = eng.target(pre + "k", bidx)
-            v = eng.target(pre + "v", bidx)
-            every = torch.arange(N, device=dev)[None, :]
-            if act == "q":
-                q[cp, :, phead] = src[bq, qq, hq]
-            else:
-                (k if act == "k" else v)[cp, :, phead] = src[bq, every, hq]
-            z = eng.attend(layer, q, k, v, qpos)
-    mid = eng.target(f"blocks.{layer}.hook_resid_pre", bidx)[:, qpos] + eng.attn_out(layer, z)
-    return done(eng.run_from(layer, "mid", mid, s, bidx))
+    return write
+
+
+def _run_copies(
+    model: MarkovTransformer,
+    tokens: Tensor,
+    act: str,
+    by_pos: bool,
+    sources: list[Tensor],
+    index: Tensor,
+    seq: Tensor,
+    readout: Tensor,
+) -> Tensor:
+    """Readout logits [K, readout, vocab] of K patched copies in one forward pass of the model:
+    copy k is target sequence seq[k] (``tokens`` is cut to the last readout) with patch
+    index[k] = (layer, pos, head); one hook per patched layer writes all of its copies."""
+    hooks = []
+    for layer in index[:, 0].unique().tolist():
+        k = (index[:, 0] == layer).nonzero()[:, 0]
+        src = _truncate(act, sources[layer], tokens.shape[1])
+        hooks.append(
+            (hook_name(act, layer), _patch_hook(act, by_pos, src, k, seq[k], index[k, 1:]))
+        )
+    logits = model.run_with_hooks(tokens.index_select(0, seq), fwd_hooks=hooks)
+    return logits[:, readout]
+
+
+def _blocks(counts: list[int], max_copies: int, max_patches: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of patches with at most ``max_copies`` patched copies (or a single
+    patch) and at most ``max_patches`` patches each."""
+    blocks, start, copies = [], 0, 0
+    for i, count in enumerate(counts):
+        if i > start and (copies + count > max_copies or i - start >= max_patches):
+            blocks.append((start, i))
+            start, copies = i, 0
+        copies += count
+    blocks.append((start, len(counts)))
+    return blocks
 
 
 @torch.no_grad()
@@ -435,7 +217,7 @@ def patch_sweep(
     cache for denoising; see ``ablation_source`` for mean / resample ablation).
     metric: logits at the ``readout`` positions [*patch, batch, readout, vocab] ->
     [*patch, batch]; it must not read other positions (they are not computed).
-    budget: bound (float elements) on the largest tensor of one chunk.
+    budget: bound (float elements) on the largest tensor of one forward pass.
     """
     _check_act(model, act)
     result_axes(act, by_pos)
@@ -450,41 +232,47 @@ def patch_sweep(
     if not R or R[0] < 0 or R[-1] >= N:
         raise ValueError(f"readout positions {list(readout)} must lie in 0..{N - 1}")
     cfg = model.cfg
-    for layer in range(cfg.n_layers):
-        name = hook_name(act, layer)
+    names = [hook_name(act, layer) for layer in range(cfg.n_layers)]
+    for name in names:
         if name not in source:
             raise ValueError(f"source has no activation {name!r}")
-    eng = _Engine(model, tokens, torch.tensor(R, device=dev))
-    for layer in range(cfg.n_layers):
-        name = hook_name(act, layer)
-        if tuple(source[name].shape) != tuple(eng.cache[name].shape):
+    # Cache every hook, as the source usually was (run_with_cache): the same branch of the
+    # attention, so equal activations compare bitwise equal in ``_changed``.
+    logits, target = model.run_with_cache(tokens, return_cache_object=False)
+    for name in names:
+        if tuple(source[name].shape) != tuple(target[name].shape):
             raise ValueError(
                 f"source {name!r} has shape {tuple(source[name].shape)}, the target run's is "
-                f"{tuple(eng.cache[name].shape)} (same batch size and length needed)"
+                f"{tuple(target[name].shape)} (same batch size and length needed)"
             )
+    sources = [source[name].to(dev) for name in names]
+    # Causal: the readout logits depend on the first T positions only. A patched pattern row
+    # that weights later keys (no real pattern does) reads them, so then keep every position.
+    T = R[-1] + 1
+    if act == "pattern" and any(bool(s[:, :, :T, T:].any()) for s in sources):
+        T = N
+    changed = torch.cat(
+        [_changed(act, by_pos, s, target[n], N, T) for s, n in zip(sources, names, strict=True)]
+    )  # [patches, B]
     index = _index_grid(act, by_pos, cfg.n_layers, N, cfg.n_heads).to(dev)
+    readout_t = torch.tensor(R, device=dev)
+    base = logits[:, readout_t]  # [B, R, V]: every patch that changes nothing gives these
+    width = max(cfg.d_model, cfg.n_heads * cfg.d_head, cfg.d_vocab)
+    width = max(width, 0 if cfg.attn_only else cfg.d_mlp)
+    max_copies = max(1, budget // max(cfg.n_heads * T * T, T * width))
+    max_patches = max(1, budget // base.numel())
+    counts = changed.sum(1).tolist()
     out = torch.empty(len(index), B, device=dev, dtype=model.W_E.dtype)
-    for layer in range(cfg.n_layers):
-        rows = (index[:, 0] == layer).nonzero()[:, 0]
-        rows = rows[index[rows, 1].argsort(stable=True)]  # by position: narrow suffixes per chunk
-        all_pos = bool((index[rows, 1] < 0).any())
-        quadratic = layer + (0 if all_pos else 1) <= cfg.n_layers - 2  # dense non-final layer
-        size = _chunk_size(cfg, N, B, N if quadratic else len(R), budget)
-        if not all_pos:  # >= SUFFIX_CHUNKS chunks, so each recomputes a suffix close to its patch
-            size = min(size, -(-len(rows) // SUFFIX_CHUNKS))
-        src = source[hook_name(act, layer)].to(dev)
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            values = _patch_chunk(eng, act, src, layer, index[chunk, 1], index[chunk, 2], metric)
-            out[chunk] = values.to(out.dtype)
-    shape = _result_shape(act, by_pos, cfg.n_layers, N, cfg.n_heads)
-    out = out.view(*shape, B)
+    for start, stop in _blocks(counts, max_copies, max_patches):
+        block = base.expand(stop - start, *base.shape).clone()  # [patches, B, R, V]
+        patch, seq = changed[start:stop].nonzero(as_tuple=True)
+        if len(patch):
+            block[patch, seq] = _run_copies(
+                model, tokens[:, :T], act, by_pos, sources, index[start + patch], seq, readout_t
+            )
+        out[start:stop] = metric(block).to(out.dtype)
+    out = out.view(*_result_shape(act, by_pos, cfg.n_layers, N, cfg.n_heads), B)
     return out.mean(-1) if reduce == "mean" else out
-
-
-def _result_shape(act: str, by_pos: bool, n_layers: int, n: int, n_heads: int) -> tuple[int, ...]:
-    sizes = {"layer": n_layers, "pos": n, "head": n_heads, "dest_pos": n}
-    return tuple(sizes[a] for a in result_axes(act, by_pos))
 
 
 # ------------------------------------------------------------------------ metrics and runs

@@ -2,16 +2,21 @@
 
 Both sides patch every (layer, position) of one activation kind of the same paper-style model
 (d_model 8, learned positions, tied embeddings) on the same clean / corrupted batches (a binary
-p=0.5, q=0.8 chain, x_n flipped), with the same metric (logit difference at the last position),
-in this process, one after the other, TransformerLens under torch.no_grad() and with its tqdm
-bar silenced. Each row reports both wall times (best of ``repeats``), the ratio and the largest
+p=0.5, q=0.8 chain), with the same metric (logit difference at the last position), in this
+process, one after the other, TransformerLens under torch.no_grad() and with its tqdm bar
+silenced. Each row reports both wall times (best of ``repeats``), the ratio and the largest
 absolute difference of the two results.
+
+Corruptions: "flip" (x_n flipped, the package's default: only the last position differs, so
+patch_sweep skips every earlier one) and "resample" (an independent sequence: every position
+differs and every patch is a forward pass, as in a mean or resample ablation).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -35,10 +40,18 @@ TL_FUNCTIONS = {
     "pattern": tl_patching.get_act_patch_attn_head_pattern_by_pos,
 }
 
+CORRUPTIONS = ("flip", "resample")
+
 # settings of ``markov-lens bench`` per mode (interp.cli_bench reads this)
 BENCH_SIZES = {
-    "full": {"seq_len": 256, "layers": (1, 2), "batch": 8, "repeats": 2},
-    "quick": {"seq_len": 256, "layers": (1,), "batch": 8, "repeats": 1},
+    "full": {
+        "seq_len": 256,
+        "layers": (1, 2),
+        "batch": 8,
+        "repeats": 2,
+        "corruptions": CORRUPTIONS,
+    },
+    "quick": {"seq_len": 256, "layers": (1,), "batch": 8, "repeats": 1, "corruptions": CORRUPTIONS},
     "tiny": {"seq_len": 32, "layers": (1,), "batch": 2, "repeats": 1},
 }
 
@@ -99,34 +112,47 @@ def benchmark_patching(
     repeats: int = 1,
     seed: int = 0,
     device: str | torch.device | None = "auto",
+    corruptions: Sequence[str] = ("flip",),
 ) -> list[dict]:
-    """One row per (act, n_layers): name "ACT, L=..., N=...", batched_s, transformer_lens_s
-    (seconds), ratio (= transformer_lens_s / batched_s), max_abs_diff and the settings."""
+    """One row per (corruption, n_layers, act): name "ACT, L=..., N=..." ("ACT, resample, L=...,
+    N=..." for the resample corruption), batched_s, transformer_lens_s (seconds), ratio
+    (= transformer_lens_s / batched_s), max_abs_diff and the settings."""
     for act in acts:
         if act not in TL_FUNCTIONS:
             raise ValueError(f"unknown act {act!r}; allowed: {sorted(TL_FUNCTIONS)}")
+    for corruption in corruptions:
+        if corruption not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {corruption!r}; allowed: {CORRUPTIONS}")
     if repeats < 1 or batch < 1 or seq_len < 2:
         raise ValueError(
             f"need repeats >= 1, batch >= 1, seq_len >= 2; got {repeats}, {batch}, {seq_len}"
         )
     dev = _device(device)
     gen = torch.Generator().manual_seed(seed)
-    clean = BinaryChain(0.5, 0.8).sample(batch, seq_len, generator=gen).to(dev)
-    corrupt = clean.clone()
-    corrupt[:, -1] = 1 - corrupt[:, -1]
+    chain = BinaryChain(0.5, 0.8)
+    clean = chain.sample(batch, seq_len, generator=gen).to(dev)
+    flipped = clean.clone()
+    flipped[:, -1] = 1 - flipped[:, -1]
+    resampled = chain.sample(batch, seq_len, generator=gen).to(dev)
     rows = []
-    for n_layers in layers:
+    for corruption, n_layers in itertools.product(corruptions, layers):
+        corrupt = flipped if corruption == "flip" else resampled
         cfg = ModelConfig.paper(n_ctx=seq_len, n_layers=n_layers, d_model=d_model)
         model = MarkovTransformer(cfg, seed=seed).to(dev).eval()
 
         with torch.no_grad():
             _, clean_cache = model.run_with_cache(clean)
+            _, short_cache = model.run_with_cache(clean[:, :4])
+        kind = "" if corruption == "flip" else f"{corruption}, "
         for act in acts:
+            # untimed: one-off costs (TransformerLens's first sweep takes about a second more)
+            _compare(model, corrupt[:, :4], short_cache, act, 1, dev)
             batched_s, tl_s, diff = _compare(model, corrupt, clean_cache, act, repeats, dev)
             rows.append(
                 {
-                    "name": f"{act}, L={n_layers}, N={seq_len}",
+                    "name": f"{act}, {kind}L={n_layers}, N={seq_len}",
                     "act": act,
+                    "corruption": corruption,
                     "n_layers": n_layers,
                     "seq_len": seq_len,
                     "batch": batch,
@@ -143,5 +169,5 @@ def benchmark_patching(
 
 
 def format_row(row: dict) -> str:
-    """``patching (ACT, L=.., N=..): batched vs transformer_lens: R.Rx``."""
+    """``patching (ACT[, resample], L=.., N=..): batched vs transformer_lens: R.Rx``."""
     return f"patching ({row['name']}): batched vs transformer_lens: {row['ratio']:.1f}x"

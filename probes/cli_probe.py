@@ -18,10 +18,10 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from probes.sweeps import ProbeConfig, probe_runs, write_csv
+if TYPE_CHECKING:  # probes.sweeps loads the model (transformer_lens): only when probing
+    from probes.sweeps import ProbeConfig
 
 CSV = "probes.csv"
 CONFIG = "probe_config.json"
@@ -110,6 +110,8 @@ def _positions(value: str) -> int | None:
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:
+    from probes.sweeps import ProbeConfig
+
     return ProbeConfig(
         targets=_split_list(args.targets),
         components=_split_list(args.components),
@@ -163,6 +165,10 @@ def _figures(rows: list[dict], out: Path, n_runs: int) -> dict[str, callable]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from probes.sweeps import probe_runs, write_csv
+
     run_dirs = [Path(d) for d in args.run_dirs]
     for d in run_dirs:
         if not d.is_dir():

@@ -134,6 +134,11 @@ def test_two_sweeps_at_once_then_sigkill_mid_run_resumes_bit_identical(tmp_path)
         assert "markov-lens sweep: error:" in err and "Traceback" not in err
         assert read_lock(out)["pid"] == winner.pid and is_locked(out)
 
+        wait_for(  # the winner imports the trainer after taking the lock, then makes runs/
+            lambda: (out / "runs").is_dir() and any((out / "runs").iterdir()),
+            winner,
+            what="the first run directory",
+        )
         runs = sorted((out / "runs").iterdir())
         assert len(runs) == 1
         run0, run1, run2 = (runs[0] / f"seed{s}" for s in (0, 1, 2))

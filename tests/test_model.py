@@ -337,7 +337,15 @@ def test_hook_names_and_shapes(any_cfg, use_attn_result):
     logits, cache = model.run_with_cache(toks)
     assert isinstance(cache, ActivationCache)
     assert shapes(cache.cache_dict) == expected_hooks(any_cfg, 3, 11)
-    assert torch.equal(logits, model(toks))  # hooks are identities
+    # hooks are identities: the cached run is the explicit branch, bit for bit; the
+    # default (fused) branch computes the same function
+    explicit = MarkovTransformer(any_cfg, seed=0)
+    explicit.set_use_attn_result(use_attn_result)
+    explicit.set_attention_backend("explicit")
+    for ln in [m for m in explicit.modules() if hasattr(m, "hook_scale")]:
+        ln.hook_scale.add_hook(lambda t, hook: t)  # the LayerNorm's explicit branch too
+    assert torch.equal(logits, explicit(toks))
+    torch.testing.assert_close(logits, model(toks), rtol=1e-5, atol=1e-5)
     # the residual stream adds up as in HookedTransformer
     for layer in range(any_cfg.n_layers):
         b = f"blocks.{layer}"
@@ -413,7 +421,10 @@ def test_window_zero_sees_only_the_current_token():
 def test_editing_attn_scores_in_a_hook_changes_the_output():
     model = MarkovTransformer(tiny(attn_window=2), seed=0)
     toks = tokens_for(model.cfg, 2, 10)
-    clean = model(toks)
+    # the same (explicit) attention branch as the edited runs, so that only the edit differs
+    clean = model.run_with_hooks(
+        toks, fwd_hooks=[("blocks.0.attn.hook_attn_scores", lambda t, hook: t)]
+    )
 
     def boost(scores, hook):
         scores = scores.clone()

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import transformer_lens.patching as tlp
+from transformer_lens import ActivationCache
 
 from interp.corruptions import make_patching_data
 from interp.patching import (
@@ -109,6 +110,116 @@ def test_equals_transformer_lens(setup):
             mine = patch_sweep(model, corrupt, source, act, metric, by_pos=by_pos, budget=budget)
             assert mine.shape == ref.shape, act
             assert (mine - ref).abs().max() < 1e-5, (act, by_pos, budget)
+
+
+def tl_sweep(model, tokens, cache, act, by_pos, metric, readout=(-1,)):
+    """transformer_lens.patching's sweep of ``act`` with ``metric`` on the ``readout`` logits."""
+    if not isinstance(cache, ActivationCache):
+        cache = ActivationCache(cache, model)
+    with contextlib.redirect_stderr(io.StringIO()):
+        return TL[(act, by_pos)](
+            model, tokens, cache, lambda lg: metric(lg[:, list(readout)]).mean()
+        )
+
+
+def test_every_position_differs_equals_transformer_lens(setup):
+    """A corrupted batch that differs everywhere (nothing to skip: every patch is a forward
+    pass of its own), and a mean-ablation source (an expanded view); chunks of every size."""
+    model, clean, corrupt, cache, metric = setup
+    gen = torch.Generator().manual_seed(7)
+    other = torch.randint(0, model.cfg.d_vocab, clean.shape, generator=gen)
+    other[:, -1] = (clean[:, -1] + 1) % model.cfg.d_vocab
+    for (act, by_pos), _ in TL.items():
+        if model.cfg.attn_only and act in ("resid_mid", "mlp_out"):
+            continue
+        ref = tl_sweep(model, other, cache, act, by_pos, metric)
+        for budget in (1, 3000, 1 << 24):
+            mine = patch_sweep(
+                model, other, dict(cache.items()), act, metric, by_pos=by_pos, budget=budget
+            )
+            assert (mine - ref).abs().max() < 1e-5, (act, by_pos, budget)
+    mean = ablation_source(model, clean.shape[0], other, "mean")
+    for act in ("resid_pre", "z", "v", "pattern"):
+        ref = tl_sweep(model, clean, mean, act, True, metric)
+        mine = patch_sweep(model, clean, mean, act, metric)
+        assert (mine - ref).abs().max() < 1e-5, act
+
+
+def test_readout_before_the_end(setup):
+    """Readouts before the last position: the copies are cut after the last readout (causal),
+    patches after it change nothing; equal to TransformerLens on the full sequences."""
+    model, clean, corrupt, cache, _ = setup
+
+    def metric(logits):
+        return logits[..., 0, 0] + 0.5 * logits[..., 1, -1] - logits[..., 1, 0]
+
+    for (act, by_pos), _ in TL.items():
+        if model.cfg.attn_only and act in ("resid_mid", "mlp_out"):
+            continue
+        ref = tl_sweep(model, corrupt, cache, act, by_pos, metric, readout=(3, 5))
+        mine = patch_sweep(
+            model, corrupt, dict(cache.items()), act, metric, by_pos=by_pos, readout=(5, 3)
+        )
+        assert (mine - ref).abs().max() < 1e-5, (act, by_pos)
+
+
+def test_pattern_source_weighting_later_keys(setup):
+    """A source pattern that weights keys after the query (no model makes one) reads values
+    after the last readout; the sweep still equals TransformerLens's."""
+    model, clean, corrupt, cache, metric = setup
+    gen = torch.Generator().manual_seed(3)
+    source = dict(cache.items())
+    for layer in range(model.cfg.n_layers):
+        name = hook_name("pattern", layer)
+        source[name] = torch.rand(cache[name].shape, generator=gen).softmax(-1)
+    for by_pos in (True, False):
+        ref = tl_sweep(model, corrupt, source, "pattern", by_pos, metric, readout=(4,))
+        mine = patch_sweep(model, corrupt, source, "pattern", metric, by_pos=by_pos, readout=(4,))
+        assert (mine - ref).abs().max() < 1e-5, by_pos
+
+
+def test_sweeps_run_the_model_itself():
+    """patch_sweep drives the model through its hooks: a permanent hook (here one that halves a
+    head's output) is part of every patched run, as in TransformerLens; and a patch whose
+    source equals the target's own activation, as everywhere before a corrupted last token,
+    needs no forward pass: one target run plus one copy per sequence and layer."""
+    model = perturbed({"n_layers": 2, "n_heads": 2})
+    gen = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, 2, (3, 10), generator=gen)
+    corrupt = clean.clone()
+    corrupt[:, -1] = 1 - corrupt[:, -1]
+    labels = torch.randint(0, 2, (3,), generator=gen)
+
+    def metric(logits):
+        lp = logits[..., -1, :].log_softmax(-1)
+        return lp.gather(-1, labels.expand(lp.shape[:-1])[..., None])[..., 0]
+
+    rows = []
+
+    def halve(z, hook):
+        z[:, :, 1] = z[:, :, 1] / 2
+        return z
+
+    def count(x, hook):
+        rows.append(x.shape[0])
+        return x
+
+    try:
+        model.add_hook("blocks.0.attn.hook_z", halve, is_permanent=True)
+        model.add_hook("hook_embed", count, is_permanent=True)
+        _, cache = model.run_with_cache(clean)
+        hooked = {}
+        for act in ("resid_pre", "z"):
+            ref = tl_sweep(model, corrupt, cache, act, True, metric)
+            rows.clear()
+            hooked[act] = mine = patch_sweep(model, corrupt, dict(cache.items()), act, metric)
+            assert (mine - ref).abs().max() < 1e-5, act
+            heads = 1 if act == "resid_pre" else 2
+            assert sum(rows) == 3 + 3 * 2 * heads, (act, rows)  # target + last position
+    finally:
+        model.reset_hooks(including_permanent=True)
+    unhooked = patch_sweep(model, corrupt, dict(cache.items()), "resid_pre", metric)
+    assert (unhooked - hooked["resid_pre"]).abs().max() > 1e-3  # the hook mattered
 
 
 def test_whole_layer_patches_equal_a_hooked_run(setup):
@@ -309,3 +420,11 @@ def test_benchmark_rows():
         assert re.fullmatch(
             r"patching \(\w+, L=\d, N=12\): batched vs transformer_lens: \d+\.\dx", format_row(row)
         )
+
+
+def test_benchmark_resample_rows():
+    rows = benchmark_patching(seq_len=10, layers=(1,), batch=2, corruptions=("resample",))
+    assert [r["name"] for r in rows] == ["resid_pre, resample, L=1, N=10"]
+    assert rows[0]["corruption"] == "resample" and rows[0]["max_abs_diff"] < 1e-5
+    with pytest.raises(ValueError, match="unknown corruption"):
+        benchmark_patching(seq_len=10, layers=(1,), corruptions=("noise",))

@@ -55,7 +55,8 @@ def test_sweep_on_a_local_ray_instance_matches_the_local_backend(tmp_path, monke
     """The test starts a short-lived 2-CPU Ray instance, runs the sweep there with a
     relative output directory (Ray workers do not share the driver's cwd), and gets the
     local backend's rows and aggregate.md, byte for byte apart from timings; the runs'
-    checkpoints are in the shared output directory; a re-run on Ray trains nothing."""
+    checkpoints are in the shared output directory; a re-run on Ray trains nothing; with
+    ensemble=True one Ray task trains both runs as an ensemble."""
     ray = pytest.importorskip("ray")  # installed in CI by the `ray` extra: this test runs
     monkeypatch.chdir(tmp_path)
     local = run_sweep(SPEC, "local", workers=1, progress=False)
@@ -63,6 +64,9 @@ def test_sweep_on_a_local_ray_instance_matches_the_local_backend(tmp_path, monke
     try:
         on_ray = run_sweep(SPEC, "on_ray", backend=RayBackend(), workers=2, progress=False)
         again = run_sweep(SPEC, "on_ray", backend=RayBackend(), workers=2, progress=False)
+        ensembled = run_sweep(
+            SPEC, "ensembled", backend=RayBackend(ensemble=True), workers=2, progress=False
+        )
     finally:
         ray.shutdown()
     assert [r["status"] for r in on_ray.rows] == ["finished", "finished"]
@@ -80,6 +84,12 @@ def test_sweep_on_a_local_ray_instance_matches_the_local_backend(tmp_path, monke
     assert not list((tmp_path / "on_ray").rglob(f"{MARKER_PREFIX}*")), "marker left behind"
     with open(tmp_path / "on_ray" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
+    # ensemble=True: the two runs (one architecture and recipe) trained as one Ray task, the
+    # trainer's runs up to float rounding (training.ensemble)
+    assert [r["verdict"] for r in ensembled.rows] == [r["verdict"] for r in local.rows]
+    for row, ref in zip(ensembled.rows, local.rows, strict=True):
+        assert row["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=1e-4)
+        assert load_run(tmp_path / row["run_dir"]).summary()["ensemble_members"] == 2
 
 
 def test_a_node_without_the_shared_directory_fails_its_runs_clearly(tmp_path):

@@ -17,7 +17,6 @@ import torch
 
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
-from training.fast_attention import fused_attention
 from training.model import MarkovTransformer
 from training.options import build_run_config
 from training.recipe import TrainConfig
@@ -160,6 +159,8 @@ def test_derived_seeds_are_distinct_and_stable():
 
 
 def test_fused_attention_is_the_same_function():
+    """Training's fused branch (the compiled kernel / SDPA) and the explicit branch give the
+    same loss and gradients; a layer whose pattern is hooked takes the explicit branch."""
     for kw in (
         dict(),
         dict(n_layers=2, n_heads=2, attn_window=[1, None]),
@@ -167,20 +168,20 @@ def test_fused_attention_is_the_same_function():
     ):
         model = MarkovTransformer(ModelConfig.paper(n_ctx=32, init_range=0.4, **kw), seed=0)
         x = torch.randint(0, 2, (3, 32), generator=torch.Generator().manual_seed(1))
+        model.set_fused_attention(False)
         ref_loss = model(x, return_type="loss")
         ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
-        with fused_attention(model):
-            loss = model(x, return_type="loss")
-            grads = torch.autograd.grad(loss, list(model.parameters()))
+        model.set_fused_attention(True)
+        loss = model(x, return_type="loss")
+        grads = torch.autograd.grad(loss, list(model.parameters()))
         assert torch.allclose(loss, ref_loss, atol=1e-6)
         for g, r in zip(grads, ref_grads, strict=True):
             assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
-        assert "forward" not in vars(model.blocks[0].attn)  # restored
-    # a layer whose pattern is hooked keeps the explicit path
     model = MarkovTransformer(ModelConfig.paper(n_ctx=8), seed=0)
-    model.blocks[0].attn.hook_pattern.add_hook(lambda t, hook: t)
-    with fused_attention(model):
-        assert "forward" not in vars(model.blocks[0].attn)
+    seen = []
+    model.blocks[0].attn.hook_pattern.add_hook(lambda t, hook: seen.append(t.shape))
+    model(torch.zeros(2, 8, dtype=torch.long))
+    assert seen == [(2, 1, 8, 8)]
 
 
 # ------------------------------------------------------------------------- seeding

@@ -2,25 +2,40 @@
 
 Each comparison runs both of its sides in this process, one after the other, and is printed
 as one line ``NAME: A vs B: R.Rx`` where R = time of B / time of A (how many times faster A
-is). Nothing is extrapolated: a reduced setting is named in the line. Besides the ratios:
-the machine, torch threads and the load average (other processes share the CPU); memory:
-the activations a training step saves for backward (exact, any device) and the peak of each
-side (CUDA: torch.cuda.max_memory_allocated; CPU: the resident set sampled every 5 ms, above
-its level when the side started, so memory the allocator kept from an earlier side is not
-seen again); the share of the ensemble's step time spent sampling data; and tables of how a
-step's time grows with sequence length, ensemble members and depth.
+is). Nothing is extrapolated: a reduced setting is named in the line. A benchmark never hides
+a slower path: every path the package can take for a claim is timed beside it. Besides the
+ratios: the machine, torch threads and the load average (other processes share the CPU);
+memory: the activations a training step saves for backward (exact, any device) and the peak
+of each side (CUDA: torch.cuda.max_memory_allocated; CPU: the resident set sampled every
+5 ms, above its level when the side started, so memory the allocator kept from an earlier
+side is not seen again); the share of the ensemble's step time spent sampling data; and
+tables of how a step's time grows with sequence length, window, ensemble members and depth.
 
-Comparisons (``run_benchmarks``; modes "full", "quick" (about a minute on a 2-core CPU)
-and "tiny" (seconds, for tests)):
+Sections (``run_benchmarks``; modes "full", "quick" (a few minutes on a 2-core CPU) and
+"tiny" (seconds, for tests)):
 
-- ensemble: train_ensemble of M members (different seeds and chains, one shape) vs M
-  sequential trainer.train runs, in memory, same configs; aggregate training tokens/s.
+- step: one training update of the paper's model (ModelConfig.paper(): 1 layer, d_model 8,
+  1 head, tied; batch 16 x length 1024; fixed tokens, so no sampling: forward, backward,
+  AdamW) with each attention backend of the model (``set_attention_backend``): "auto" (the
+  compiled fused kernel of training.fused_attention on a CPU), "torch" (a plain PyTorch step
+  with SDPA attention) and "explicit" (scores and pattern materialised). Next to it the
+  attention FLOP bound of that step on this machine (``attention_flops`` /
+  ``matmul_gflops``: the sustained fp32 matmul rate measured here).
+- window: the same update (backend "auto") with attention windows M in {2, 8, 32, full} at
+  lengths N in {512, 1024, 2048}: a table, and each window's step against full attention.
+- ensemble: train_ensemble of K members (different seeds and chains, one shape) vs K
+  sequential trainer.train runs, in memory, same configs, at lengths 256 and 1024;
+  aggregate training tokens/s, and which of the two paths the sweeps take there
+  (training.ensemble.stacking_pays) and whether it is the faster one measured.
 - sampler: training.sampler_bench (vectorised scan vs the per-position loop).
 - patching: a callable given by the caller (interp.cli_bench passes interp.patching_bench;
   training does not import interp).
 - reproductions: the training sweeps of the paper's ``tying`` and ``depth`` experiments
   (training.experiments) with the ensemble backend vs a sequential per-run loop (the local
-  backend, one worker) and vs the local backend's worker processes.
+  backend with one worker), and (full mode) both backends with one worker process per core.
+- scaling: step time of the ensemble and of one run against length, members and depth.
+- startup: wall time of fresh interpreters (median of 5): ``import torch`` vs
+  ``markov-lens --help`` and vs ``markov-lens chain --p 0.5 --q 0.8``.
 """
 
 from __future__ import annotations
@@ -28,10 +43,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,23 +65,47 @@ from training.ensemble import (
     ensemble_logits,
     member_batches,
     member_losses,
+    stacking_pays,
     train_ensemble,
 )
-from training.fast_attention import fused_attention
+from training.fused_attention import kernel_status
 from training.model import MarkovTransformer, per_token_loss
+from training.options import build_run_config
 from training.recipe import TrainConfig
 from training.trainer import derive_seed, make_generator, make_optimizer, resolve_device, train
 
 MODES = ("full", "quick", "tiny")
-SECTIONS = ("ensemble", "sampler", "patching", "reproductions", "scaling")
+SECTIONS = (
+    "step",
+    "window",
+    "ensemble",
+    "sampler",
+    "patching",
+    "reproductions",
+    "scaling",
+    "startup",
+)
 # (p, q) of the ensemble members, cycled: the paper's chains on both sides of p + q = 1
 CHAINS = ((0.5, 0.8), (0.2, 0.3), (0.6, 0.8), (0.3, 0.4))
+# The attention backends of the step section: model backend name -> what it is
+STEP_BACKENDS = ("auto", "torch", "explicit")
+# The issue's start-up target: a markov-lens command within this factor of `import torch`
+STARTUP_TARGET = 1.5
 
-# Per mode: ensemble comparison (members, seq_len, iters), sampler (length, repeats),
-# reproductions (experiment size, seeds, iters override or None), scaling grids.
+# Per mode: paper step (batch, seq_len, repeats), window grid, ensemble comparison (members,
+# seq_lens, iters), sampler (length, repeats), reproductions (experiment size, seeds, iters
+# override or None), scaling grids, start-up (repeats, untimed warm-up runs).
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
-        "ensemble": {"members": 32, "seq_len": 1024, "iters": 20},
+        "step": {"batch": 16, "seq_len": 1024, "repeats": 7},
+        "window": {
+            "batch": 16,
+            "seq_lens": [512, 1024, 2048],
+            "windows": [2, 8, 32, None],
+            "repeats": 5,
+        },
+        "matmul": {"size": 1024, "repeats": 10},
+        "ensemble": {"members": 32, "seq_lens": [256, 1024], "iters": 20},
         "sampler": {"length": 1024, "repeats": 10},
         "reproductions": {"size": "full", "seeds": 3, "iters": None},
         "scaling": {
@@ -72,9 +114,18 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "layers": {"seq_len": 256, "members": 8, "values": [1, 2, 4, 8]},
             "repeats": 3,
         },
+        "startup": {"repeats": 5, "warmup": 1},
     },
     "quick": {
-        "ensemble": {"members": 32, "seq_len": 256, "iters": 4},
+        "step": {"batch": 16, "seq_len": 1024, "repeats": 5},
+        "window": {
+            "batch": 16,
+            "seq_lens": [512, 1024],
+            "windows": [2, 8, 32, None],
+            "repeats": 3,
+        },
+        "matmul": {"size": 512, "repeats": 10},
+        "ensemble": {"members": 32, "seq_lens": [256, 1024], "iters": 4},
         "sampler": {"length": 1024, "repeats": 3},
         "reproductions": {"size": "quick", "seeds": 3, "iters": 10},
         "scaling": {
@@ -83,9 +134,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "layers": {"seq_len": 128, "members": 4, "values": [1, 2, 4]},
             "repeats": 2,
         },
+        "startup": {"repeats": 5, "warmup": 1},
     },
     "tiny": {
-        "ensemble": {"members": 4, "seq_len": 32, "iters": 3},
+        "step": {"batch": 2, "seq_len": 64, "repeats": 1},
+        "window": {"batch": 2, "seq_lens": [32, 64], "windows": [2, 8, 32, None], "repeats": 1},
+        "matmul": {"size": 128, "repeats": 2},
+        "ensemble": {"members": 4, "seq_lens": [16, 32], "iters": 3},
         "sampler": {"length": 64, "repeats": 1},
         "reproductions": {"size": "test", "seeds": 2, "iters": 4},
         "scaling": {
@@ -94,6 +149,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "layers": {"seq_len": 16, "members": 2, "values": [1, 2]},
             "repeats": 1,
         },
+        "startup": {"repeats": 1, "warmup": 0},
     },
 }
 
@@ -204,9 +260,299 @@ def _mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.1f} MB"
 
 
+def _ms(ms: float) -> str:
+    """Milliseconds for a line: one decimal from 1 ms up, else three."""
+    return f"{ms:.1f}" if ms >= 1 else f"{ms:.3f}"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------- paper step, window
+
+
+def _layer_windows(model_config: ModelConfig) -> list[int | None]:
+    w = model_config.attn_window
+    return list(w) if isinstance(w, list) else [w] * model_config.n_layers
+
+
+def attention_flops(model_config: ModelConfig, batch: int, seq_len: int) -> int:
+    """FLOPs of the attention matmuls of one training update (forward and backward) of a
+    model of `model_config` on [batch, seq_len] tokens.
+
+    Per layer, S = the scores computed: B * H * N (N + 1) / 2 for causal attention; with a
+    window M (query i sees keys i - M .. i) B * H * ((M + 1)(M + 2) / 2 + (N - M - 1)(M + 1)).
+    Every score takes 2 * d_head FLOPs in each matmul it is part of: forward Q K^T and P V
+    (4 * d_head * S), backward dP = dZ V^T, dV = P^T dZ, dQ = dS K, dK = dS^T Q
+    (8 * d_head * S); in all 12 * d_head * S per layer. Softmax, projections, MLP, loss and
+    optimiser are not counted: no implementation can take less than this at the measured
+    matmul rate, so it is a lower bound on the step, not an estimate of it.
+    """
+    n = seq_len
+    total = 0
+    for window in _layer_windows(model_config):
+        if window is None or window >= n - 1:
+            scores = n * (n + 1) // 2
+        else:
+            m = window
+            scores = (m + 1) * (m + 2) // 2 + (n - m - 1) * (m + 1)
+        total += 12 * model_config.d_head * batch * model_config.n_heads * scores
+    return total
+
+
+def matmul_gflops(device: torch.device, size: int = 512, repeats: int = 10) -> float:
+    """This machine's sustained fp32 matmul rate (GFLOP/s, with the current torch threads):
+    the best of `repeats` torch.mm of two [size, size] matrices (2 size^3 FLOPs each)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen)
+    b = torch.randn(size, size, device=device, generator=gen)
+    c = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=c)  # warm-up
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def paper_update(
+    model_config: ModelConfig,
+    batch: int,
+    backend: str,
+    device: torch.device,
+    precision: str = "fp32",
+) -> Callable[[int], None]:
+    """One training update of a fresh model (seed 0) with attention backend `backend`, on
+    fixed tokens [batch, model_config.n_ctx] (no sampling in the timing): forward, the
+    trainer's loss, backward, AdamW (trainer.make_optimizer, the paper's recipe)."""
+    seq_len = model_config.n_ctx
+    model = MarkovTransformer(model_config, seed=0).to(device)
+    model.set_attention_backend(backend)
+    tc = TrainConfig(batch=batch, seq_len=seq_len, device=str(device), precision=precision)
+    opt, _ = make_optimizer(model, tc)
+    gen = make_generator(device, derive_seed(0, 1, 0))
+    tokens = BinaryChain(*CHAINS[0]).sample(batch, seq_len, generator=gen)
+    bf16 = precision == "bf16"
+
+    def update(step: int) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = per_token_loss(model(tokens).float(), tokens).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return update
+
+
+def backend_labels(device: torch.device, precision: str = "fp32") -> dict[str, str]:
+    """What each attention backend computes with here (the step section's line labels)."""
+    if device.type != "cpu":
+        auto = f"auto (SDPA on {device.type})"
+    elif precision != "fp32":
+        auto = f"auto (explicit: {precision} on a CPU)"
+    elif kernel_status() == "loaded":
+        auto = "fused kernel"
+    else:
+        auto = "auto (no kernel: SDPA)"
+    return {"auto": auto, "torch": "SDPA", "explicit": "explicit"}
+
+
+def _model_words(model_config: ModelConfig) -> str:
+    layers = model_config.n_layers
+    return f"{layers} layer{'s' if layers > 1 else ''}, d {model_config.d_model}"
+
+
+def compare_step(
+    batch: int,
+    seq_len: int,
+    repeats: int,
+    device: torch.device,
+    gflops: float,
+    precision: str = "fp32",
+) -> tuple[list[Comparison], dict[str, Any]]:
+    """The paper's training update (ModelConfig.paper(), [batch, seq_len]) with each attention
+    backend (STEP_BACKENDS), timed in turn (interleaved_best): Comparisons of "auto" against
+    "torch" and "explicit", and the step's figures: ms per backend, attention FLOPs
+    (attention_flops), the bound at `gflops` and the step (backend auto) over the bound."""
+    mc = ModelConfig.paper(n_ctx=seq_len)
+    load_before = _load()
+    fns = [paper_update(mc, batch, b, device, precision) for b in STEP_BACKENDS]
+    times = dict(zip(STEP_BACKENDS, interleaved_best(fns, repeats, device), strict=True))
+    labels = backend_labels(device, precision)
+    flops = attention_flops(mc, batch, seq_len)
+    bound = flops / (gflops * 1e9)
+    paper = batch == 16 and seq_len == 1024
+    shape = f"{_model_words(mc)}, {batch} x {seq_len}"
+    name = f"paper step ({shape})" if paper else f"paper step, REDUCED ({shape})"
+    info = {
+        "name": name,
+        "batch": batch,
+        "seq_len": seq_len,
+        "layers": mc.n_layers,
+        "d_model": mc.d_model,
+        "repeats": repeats,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "kernel": kernel_status() if device.type == "cpu" else None,
+        "backend_labels": labels,
+        "step_ms": {b: 1e3 * t for b, t in times.items()},
+        "attention_flops": flops,
+        "matmul_gflops": gflops,
+        "bound_ms": 1e3 * bound,
+        "step_over_bound": times["auto"] / bound,
+        "load_average": [load_before, _load()],
+    }
+    comps = [
+        Comparison(name, labels["auto"], labels[b], times["auto"], times[b], info)
+        for b in ("torch", "explicit")
+    ]
+    return comps, info
+
+
+def window_rows(
+    batch: int,
+    seq_lens: list[int],
+    windows: list[int | None],
+    repeats: int,
+    device: torch.device,
+    gflops: float,
+    precision: str = "fp32",
+) -> list[dict[str, Any]]:
+    """ms per training update (paper_update, backend "auto") of the paper's model with each
+    attention window (None: full causal attention) at each length; the windows of one length
+    are timed in turn (interleaved_best). Each row: seq_len, window, step_ms, vs_full (step /
+    the full-attention step at that length; None without a full-attention entry),
+    attention_flops and bound_ms (at `gflops`)."""
+    rows = []
+    for n in seq_lens:
+        configs = [ModelConfig.paper(n_ctx=n, attn_window=w) for w in windows]
+        fns = [paper_update(mc, batch, "auto", device, precision) for mc in configs]
+        times = interleaved_best(fns, repeats, device)
+        full = times[windows.index(None)] if None in windows else None
+        for w, mc, t in zip(windows, configs, times, strict=True):
+            flops = attention_flops(mc, batch, n)
+            rows.append(
+                {
+                    "seq_len": n,
+                    "window": w,
+                    "batch": batch,
+                    "step_ms": 1e3 * t,
+                    "vs_full": t / full if full else None,
+                    "attention_flops": flops,
+                    "bound_ms": 1e3 * flops / (gflops * 1e9),
+                }
+            )
+    return rows
+
+
+def window_comparisons(rows: list[dict[str, Any]], reduced: bool) -> list[Comparison]:
+    """Each finite window's step against full attention at the same length."""
+    full = {r["seq_len"]: r for r in rows if r["window"] is None}
+    out = []
+    for r in rows:
+        n = r["seq_len"]
+        if r["window"] is None or n not in full:
+            continue
+        where = f"N={n}, batch {r['batch']}, paper model"
+        out.append(
+            Comparison(
+                f"window cost{', REDUCED' if reduced else ''} ({where})",
+                f"window {r['window']}",
+                "full attention",
+                r["step_ms"] / 1e3,
+                full[n]["step_ms"] / 1e3,
+                r,
+            )
+        )
+    return out
+
+
+def format_window_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of window_rows."""
+    head = ["N", "window", "step ms", "step / full", "attention FLOP bound ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vs = "n/a" if r["vs_full"] is None else f"{r['vs_full']:.2f}x"
+        window = "full" if r["window"] is None else str(r["window"])
+        cells = [str(r["seq_len"]), window, _ms(r["step_ms"]), vs, _ms(r["bound_ms"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ start-up
+
+
+def startup_commands() -> list[tuple[str, list[str]]]:
+    """(label, argv) of the start-up comparison: ``import torch`` in a fresh interpreter,
+    ``markov-lens --help`` and ``markov-lens chain --p 0.5 --q 0.8`` (the console script
+    beside this interpreter; without one, ``interp.cli.main`` run by this interpreter)."""
+    script = Path(sys.executable).with_name("markov-lens")
+
+    def cli(argv: list[str]) -> list[str]:
+        if script.is_file():
+            return [str(script), *argv]
+        code = f"import sys; from interp.cli import main; sys.exit(main({argv!r}))"
+        return [sys.executable, "-c", code]
+
+    return [
+        ("import torch", [sys.executable, "-c", "import torch"]),
+        ("markov-lens --help", cli(["--help"])),
+        ("markov-lens chain --p 0.5 --q 0.8", cli(["chain", "--p", "0.5", "--q", "0.8"])),
+    ]
+
+
+def compare_startup(repeats: int = 5, warmup: int = 1) -> list[Comparison]:
+    """Wall seconds of each startup_commands() process (median of `repeats`, after `warmup`
+    untimed runs; the commands in turn, so that load changes affect all alike): each
+    markov-lens command against ``import torch``. A command that fails is reported skipped."""
+    commands = startup_commands()
+    times: dict[str, list[float]] = {label: [] for label, _ in commands}
+    errors: dict[str, str] = {}
+    for r in range(warmup + repeats):
+        for label, argv in commands:
+            if label in errors:
+                continue
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+            )
+            dt = time.perf_counter() - t0
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or [""])[-1]
+                errors[label] = f"exit code {proc.returncode}: {last}"
+            elif r >= warmup:
+                times[label].append(dt)
+    base, *others = (label for label, _ in commands)
+    median = {k: statistics.median(v) for k, v in times.items() if k not in errors and v}
+    name = f"start-up (median of {repeats} fresh process{'es' if repeats > 1 else ''})"
+    out = []
+    for label in others:
+        details = {
+            "seconds": {k: times[k] for k in (base, label)},
+            "median_s": {k: median.get(k) for k in (base, label)},
+            "command": label,
+            "argv": dict(commands)[label],
+        }
+        why = errors.get(base) or errors.get(label)
+        if why:
+            out.append(Comparison(name, base, label, None, None, details, skipped=why))
+            continue
+        out.append(
+            Comparison(
+                name,
+                f"{base} {median[base]:.2f} s",
+                f"{label} {median[label]:.2f} s",
+                median[base],
+                median[label],
+                details,
+            )
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- ensemble
@@ -297,6 +643,19 @@ def compare_ensemble(
     )
 
 
+def sweep_path(train_config: TrainConfig, ratio: float | None) -> dict[str, Any]:
+    """Which path the sweeps take for runs of the paper's model with `train_config`
+    (training.ensemble.stacking_pays on that RunConfig: "stacked" or "one by one") and
+    whether it is the faster one by the measured ratio (sequential time / ensemble time)."""
+    chain = {"p": CHAINS[0][0], "q": CHAINS[0][1]}
+    stacked = stacking_pays(build_run_config({"chain": chain, "train": train_config.to_dict()}))
+    if ratio is None:
+        faster = None
+    else:
+        faster = ratio >= 1 if stacked else ratio <= 1
+    return {"sweeps_use": "stacked" if stacked else "one by one", "sweeps_take_faster": faster}
+
+
 def _activations(
     model_config: ModelConfig, train_config: TrainConfig, runs: list[Member]
 ) -> tuple[int, int]:
@@ -312,9 +671,10 @@ def _activations(
         logits = ensemble_logits(model_config, weights.params, tokens)
         return member_losses(logits.float(), tokens).sum()
 
+    models[0].set_fused_attention(train_config.fused_attention)
+
     def single_loss() -> torch.Tensor:
-        with fused_attention(models[0], train_config.fused_attention):
-            return per_token_loss(models[0](tokens[0]).float(), tokens[0]).mean()
+        return per_token_loss(models[0](tokens[0]).float(), tokens[0]).mean()
 
     return saved_activation_bytes(ensemble_loss), saved_activation_bytes(single_loss)
 
@@ -372,14 +732,14 @@ def _single_step(
     what trainer.train does per step) as a function of the step, and its activations."""
     device = resolve_device(train_config.device)
     model = MarkovTransformer(model_config, seed=0).to(device)
+    model.set_fused_attention(train_config.fused_attention)
     opt, _ = make_optimizer(model, train_config)
     chain = BinaryChain(*CHAINS[0])
 
     def loss(step: int) -> torch.Tensor:
         gen = make_generator(device, derive_seed(0, 1, step))
         tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
-        with fused_attention(model, train_config.fused_attention):
-            return per_token_loss(model(tokens).float(), tokens).mean()
+        return per_token_loss(model(tokens).float(), tokens).mean()
 
     def update(step: int) -> None:
         value = loss(step)
@@ -484,19 +844,6 @@ def format_table(axis: str, rows: list[dict]) -> str:
 # ------------------------------------------------------------------------ reproductions
 
 
-@contextlib.contextmanager
-def _ensemble_backend_registered() -> Iterator[None]:
-    from training import sweeps
-
-    had = sweeps.BACKENDS.get("ensemble")
-    sweeps.BACKENDS["ensemble"] = had or ensemble_backend
-    try:
-        yield
-    finally:
-        if had is None:
-            sweeps.BACKENDS.pop("ensemble", None)
-
-
 def reproduction_specs(
     name: str, size: str, seeds: int, iters: int | None, device: str
 ) -> list[dict]:
@@ -516,9 +863,10 @@ def reproduction_specs(
 def compare_reproduction(
     name: str, size: str, seeds: int, iters: int | None, device: str, workers: int = 0
 ) -> list[Comparison]:
-    """Wall time of the training sweep of experiment `name` with the ensemble backend vs a
-    sequential per-run loop (local backend, one worker, in this process); with workers >= 2
-    also vs the local backend's `workers` processes. Each in a fresh temporary directory."""
+    """Wall time of the training sweep of experiment `name`: the ensemble backend vs a
+    sequential per-run loop (both with one worker, in this process, one torch thread on a
+    CPU); with workers >= 2 also both backends with `workers` worker processes. Each sweep in
+    a fresh temporary directory."""
     from training.sweeps import run_sweep
 
     specs = reproduction_specs(name, size, seeds, iters, device)
@@ -531,11 +879,14 @@ def compare_reproduction(
     times: dict[str, float] = {}
     rows: dict[str, list[dict]] = {}
     mem: dict[str, int | None] = {}
-    plans = [("ensemble", "ensemble", 1), ("sequential", "local", 1)]
+    plans = [("ensemble", ensemble_backend, 1), ("sequential", "local", 1)]
     if workers >= 2:
-        plans.append(("workers", "local", workers))
+        plans += [
+            ("ensemble_workers", ensemble_backend, workers),
+            ("local_workers", "local", workers),
+        ]
     dev = resolve_device(device)
-    with tempfile.TemporaryDirectory() as tmp, _ensemble_backend_registered():
+    with tempfile.TemporaryDirectory() as tmp:
         for key, backend, n in plans:
             with PeakMemory(dev) as pm:
                 t0 = time.perf_counter()
@@ -570,14 +921,14 @@ def compare_reproduction(
             details,
         )
     ]
-    if "workers" in times:
+    if "local_workers" in times:
         out.append(
             Comparison(
-                f"{what}, {n_runs} runs",
-                f"ensemble sweep {times['ensemble']:.1f} s",
-                f"local backend with {workers} worker processes {times['workers']:.1f} s",
-                times["ensemble"],
-                times["workers"],
+                f"{what}, {n_runs} runs, {workers} worker processes each",
+                f"ensemble backend {times['ensemble_workers']:.1f} s",
+                f"local backend {times['local_workers']:.1f} s",
+                times["ensemble_workers"],
+                times["local_workers"],
                 details,
             )
         )
@@ -599,7 +950,9 @@ def run_benchmarks(
     """Run the benchmark sections in `mode` and emit each line as it is measured.
 
     patching(mode, device) -> comparisons, supplied by the caller (None: reported skipped).
-    Returns {"machine", "mode", "comparisons": [...], "tables": {...}}.
+    Returns {"machine", "mode", "comparisons": [...], "tables": {...}}, with the step
+    section's figures under "step" (compare_step) and the window table under
+    tables["window"]; "matmul_gflops" when step or window ran.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -625,29 +978,81 @@ def run_benchmarks(
         out["comparisons"].append(c.to_dict())
         emit(c.line())
 
+    gflops: float | None = None
+    if "step" in sections or "window" in sections:
+        mm = settings["matmul"]
+        gflops = matmul_gflops(dev, mm["size"], mm["repeats"])
+        out["matmul_gflops"] = gflops
+        emit(
+            f"matmul rate: {gflops:.1f} GFLOP/s (fp32 torch.mm {mm['size']}x{mm['size']}, best "
+            f"of {mm['repeats']}, {torch.get_num_threads()} threads); attention kernel: "
+            + (kernel_status() if dev.type == "cpu" else f"not used on {dev.type}")
+        )
+    if "step" in sections:
+        s = settings["step"]
+        comps, info = compare_step(s["batch"], s["seq_len"], s["repeats"], dev, gflops, precision)
+        out["step"] = info
+        for c in comps:
+            report(c)
+        labels, ms = info["backend_labels"], info["step_ms"]
+        emit(
+            f"{info['name'].split(' (')[0]}: {_ms(ms['auto'])} ms; attention FLOP bound "
+            f"{_ms(info['bound_ms'])} ms at {gflops:.0f} GFLOP/s (matmul); step / bound "
+            f"{info['step_over_bound']:.1f}x"
+        )
+        emit(
+            "  ms per step (best of "
+            f"{s['repeats']}): "
+            + ", ".join(f"{labels[b]} {ms[b]:.1f}" for b in STEP_BACKENDS)
+            + f"; {info['attention_flops'] / 1e9:.3g} GFLOP of attention matmuls per step"
+            f" (12 d_head S); load average {info['load_average'][0]:.2f} -> "
+            f"{info['load_average'][1]:.2f}"
+        )
+    if "window" in sections:
+        s = settings["window"]
+        rows = window_rows(
+            s["batch"], s["seq_lens"], s["windows"], s["repeats"], dev, gflops, precision
+        )
+        out["tables"]["window"] = rows
+        for c in window_comparisons(rows, reduced=mode == "tiny"):
+            report(c)
+        emit(
+            f"\nstep time against attention window (paper model, batch {s['batch']}, backend "
+            f"auto, best of {s['repeats']} steps):"
+        )
+        emit(format_window_table(rows))
     if "ensemble" in sections:
         s = settings["ensemble"]
         m = members or s["members"]
-        tc = TrainConfig.from_dict(base.to_dict() | {"seq_len": s["seq_len"], "iters": s["iters"]})
-        mc = ModelConfig.paper(n_ctx=s["seq_len"])
-        paper = s["seq_len"] == 1024
-        label = (
-            f"{'paper config' if paper else 'REDUCED: paper config but length ' + str(s['seq_len'])}"
-            f": d=8, 1 layer, batch 16, length {s['seq_len']}, {s['iters']} steps, {dev.type}, "
-            f"{torch.get_num_threads()} threads, in memory"
-        )
-        c = compare_ensemble(m, mc, tc, label)
-        report(c)
-        d = c.details
-        emit(
-            f"  ensemble: data sampling {100 * d['data_share_of_step']:.1f}% of step time; "
-            f"activations saved per step {_mb(d['ensemble_activations'])} ({m} members) vs "
-            f"{_mb(d['single_run_activations'])} (one run); peak memory "
-            f"({d['memory_measure']}) ensemble {_mb(d['ensemble_peak_memory'])} vs sequential "
-            f"{_mb(d['sequential_peak_memory'])}; same verdicts "
-            f"{d['same_verdicts']}; load average {d['load_average'][0]:.2f} -> "
-            f"{d['load_average'][1]:.2f}"
-        )
+        for seq_len in s["seq_lens"]:
+            tc = TrainConfig.from_dict(base.to_dict() | {"seq_len": seq_len, "iters": s["iters"]})
+            mc = ModelConfig.paper(n_ctx=seq_len)
+            setting = (
+                "paper config"
+                if seq_len == 1024
+                else f"{'' if seq_len == 256 else 'REDUCED: '}paper config but length {seq_len}"
+            )
+            label = (
+                f"{setting}: d=8, 1 layer, batch {tc.batch}, length {seq_len}, {s['iters']} "
+                f"steps, {dev.type}, {torch.get_num_threads()} threads, in memory"
+            )
+            c = compare_ensemble(m, mc, tc, label)
+            d = c.details
+            d.update(sweep_path(tc, c.ratio))
+            report(c)
+            emit(
+                f"  ensemble: data sampling {100 * d['data_share_of_step']:.1f}% of step time; "
+                f"activations saved per step {_mb(d['ensemble_activations'])} ({m} members) vs "
+                f"{_mb(d['single_run_activations'])} (one run); peak memory "
+                f"({d['memory_measure']}) ensemble {_mb(d['ensemble_peak_memory'])} vs "
+                f"sequential {_mb(d['sequential_peak_memory'])}; same verdicts "
+                f"{d['same_verdicts']}; load average {d['load_average'][0]:.2f} -> "
+                f"{d['load_average'][1]:.2f}"
+            )
+            emit(
+                f"  length {seq_len}: sweeps use: {d['sweeps_use']} "
+                f"(faster: {'yes' if d['sweeps_take_faster'] else 'NO'})"
+            )
     if "sampler" in sections:
         from training.sampler_bench import benchmark_sampler
 
@@ -709,5 +1114,12 @@ def run_benchmarks(
         for axis, rows in tables.items():
             emit(f"\n{titles[axis]} (best of {settings['scaling']['repeats']} steps):")
             emit(format_table(axis, rows))
+    if "startup" in sections:
+        s = settings["startup"]
+        for c in compare_startup(s["repeats"], s["warmup"]):
+            report(c)
+            if c.ratio is not None:
+                ok = "yes" if c.ratio <= STARTUP_TARGET else "NO"
+                emit(f"  {c.details['command']}: within {STARTUP_TARGET}x of import torch: {ok}")
     emit(machine_line(dev).replace("machine:", "at the end, machine:"))
     return out

@@ -160,12 +160,14 @@ def _reach(start: int, src: Tensor, dst: Tensor, M: int) -> Tensor:
     return seen
 
 
-def closed_classes_unique(kernel: Float[Tensor, "*ctx S"]) -> bool:
-    """Whether the lifted chain has exactly one closed communicating class, i.e. a unique
-    stationary law. Exact: a graph search on the support of the kernel (no eigenvalues).
+def closed_class(kernel: Float[Tensor, "*ctx S"]) -> Tensor | None:
+    """Boolean mask [S^k] of the lifted chain's closed communicating class if it has exactly
+    one (then its stationary law is unique and lives on that class), else None. Exact: a
+    graph search on the transitions of probability > 0 (no eigenvalues, no tolerance).
 
-    Walks down the classes from state 0: a state c whose forward set F can all reach c back
-    is in a closed class; the law is unique iff every state can reach c.
+    Walks down the classes from state 0: a state c all of whose successors can reach c back
+    is in a closed class (its forward set); the class is the only one iff every state can
+    reach c.
     """
     S, k = kernel.shape[-1], kernel.ndim - 1
     M = S**k
@@ -174,22 +176,70 @@ def closed_classes_unique(kernel: Float[Tensor, "*ctx S"]) -> bool:
     while True:
         forward = _reach(c, src, dst, M)
         backward = _reach(c, dst, src, M)
-        if backward.all():
-            return True
         escaped = forward & ~backward
-        if not escaped.any():  # c's class is closed and some state cannot reach it
-            return False
-        c = int(escaped.nonzero()[0])
+        if escaped.any():  # c is transient: go down to a state it cannot come back from
+            c = int(escaped.nonzero()[0])
+            continue
+        return forward if backward.all() else None
+
+
+GTH_MAX_STATES = 256  # classes up to this size use GTH; bigger ones a scaled LU solve first
+
+
+def _gth(P: Float[Tensor, "n n"]) -> Float[Tensor, " n"]:
+    """Stationary law of an irreducible stochastic matrix by Grassmann-Taksar-Heyman state
+    reduction: no subtraction anywhere (the diagonal is never read), so transition
+    probabilities from 1 down to subnormal numbers keep full relative accuracy. The back
+    substitution rescales as it goes, so laws spanning more than the float range (pi_1 / pi_2
+    = 5e-324) come out with the small entries underflowing to 0, never as inf or nan; a
+    state whose way back has underflowed to 0 is treated as holding all the mass so far."""
+    A = P.clone()
+    n = A.shape[0]
+    out = torch.zeros(n, dtype=A.dtype, device=A.device)
+    for j in range(n - 1, 0, -1):
+        out[j] = A[j, :j].sum()  # probability of leaving j towards the states still kept
+        if out[j] > 0:
+            A[:j, :j] += A[:j, j, None] * (A[j, None, :j] / out[j])
+    pi = torch.zeros(n, dtype=A.dtype, device=A.device)
+    pi[0] = 1.0
+    for j in range(1, n):
+        t = pi[:j] @ A[:j, j]
+        value = t / out[j] if out[j] > 0 else (torch.inf if t > 0 else 0.0)
+        if not torch.isfinite(torch.as_tensor(value)):
+            pi[:j] *= out[j] / t  # rescale so that pi[j] = 1
+            value = 1.0
+        pi[j] = value
+        top = pi[: j + 1].max()
+        if top > 1e100:
+            pi[: j + 1] /= top
+    return pi / pi.sum()
+
+
+def _scaled_solve(P: Float[Tensor, "n n"]) -> Float[Tensor, " n"]:
+    """pi Q = 0 for the generator Q = P - I written with exit rates e_z (the sum of the row's
+    off-diagonal entries) instead of 1 - P[z, z], which loses every probability below 1e-16;
+    rows scaled by 1/e_z, so pi = w / e for the solution w of the scaled system."""
+    n = P.shape[0]
+    off = P.clone().fill_diagonal_(0.0)
+    exit_rate = off.sum(1)
+    A = (off / exit_rate[:, None]).fill_diagonal_(-1.0).T.contiguous()
+    A[-1] = 1.0  # the rows of A are dependent; swap one for the normalisation
+    b = torch.zeros(n, dtype=torch.float64, device=P.device)
+    b[-1] = 1.0
+    w = torch.linalg.solve_ex(A, b)[0].clamp_min(0.0)
+    pi = w * (exit_rate.min() / exit_rate)
+    return pi / pi.sum()
 
 
 def stationary_law(kernel: Float[Tensor, "*ctx S"]) -> Float[Tensor, "*ctx"]:
     """Unique stationary law of the lifted chain, shape [S]*k (float64).
 
-    Solves pi (P - I) = 0, sum(pi) = 1. Raises ValueError when the chain is reducible, i.e.
-    it has more than one closed class of states (closed_classes_unique: exact, from which
-    transitions have probability > 0, so a nearly reducible chain such as p = q = 1e-12 still
-    has its law), or when S^k > MAX_LIFTED_STATES (the solve is dense). Periodic chains are
-    fine. Transient states get probability 0.
+    Raises ValueError when the chain is reducible, i.e. it has more than one closed class of
+    states (closed_class: exact, from which transitions have probability > 0, so a nearly
+    reducible chain such as p = q = 1e-300 still has its law), or when S^k >
+    MAX_LIFTED_STATES (the solve is dense). Periodic chains are fine. The law is computed on
+    the closed class (transient states get 0): GTH state reduction for classes up to
+    GTH_MAX_STATES states, else a scaled linear solve (GTH if that one is not finite).
     """
     S, k = kernel.shape[-1], kernel.ndim - 1
     M = S**k
@@ -199,31 +249,26 @@ def stationary_law(kernel: Float[Tensor, "*ctx S"]) -> Float[Tensor, "*ctx"]:
             f"dense {M} x {M} solve; at most {MAX_LIFTED_STATES} contexts are supported"
         )
     kernel = kernel.to(torch.float64)
-    if not closed_classes_unique(kernel):
+    keep = closed_class(kernel)
+    if keep is None:
         raise ValueError(
             "the chain is reducible: it has more than one closed class of states, so its "
             "stationary law is not unique; use init='uniform' or a kernel whose states all "
             "communicate"
         )
-    # pi Q = 0 for the generator Q = P - I, built without 1 - P[z, z] (which loses every
-    # probability below 1e-16: p = q = 1e-20 gave pi = (1, 0)): Q[z, z] = -e_z, the exit rate
-    # e_z = sum of the row's other entries. Rows are scaled by 1/e_z (diagonal -1) and pi is
-    # w_z / e_z for the solution w of the scaled system, so subnormal rates stay exact.
-    off = lifted_matrix(kernel).fill_diagonal_(0.0)
-    exit_rate = off.sum(1)
-    if (exit_rate == 0).any():  # an absorbing state: with a unique closed class, the law
-        pi = (exit_rate == 0).to(torch.float64)
-        return (pi / pi.sum()).reshape([S] * k)
-    A = (off / exit_rate[:, None]).fill_diagonal_(-1.0).T.contiguous()
-    A[-1] = 1.0  # the rows of A are dependent; swap one for the normalisation
-    b = torch.zeros(M, dtype=torch.float64)
-    b[-1] = 1.0
-    w = torch.linalg.solve_ex(A, b)[0].clamp_min(0.0)
-    pi = w * (exit_rate.min() / exit_rate)
-    total = pi.sum()
-    if not (torch.isfinite(pi).all() and total > 0):
+    P = lifted_matrix(kernel)[keep][:, keep]  # the closed class: rows still sum to 1
+    n = P.shape[0]
+    if n == 1:
+        law = torch.ones(1, dtype=torch.float64)
+    else:
+        law = _scaled_solve(P) if n > GTH_MAX_STATES else None
+        if law is None or not torch.isfinite(law).all():
+            law = _gth(P)
+    if not (torch.isfinite(law).all() and law.sum() > 0):
         raise ValueError("the stationary law could not be computed (a numerically singular chain)")
-    return (pi / total).reshape([S] * k)
+    pi = torch.zeros(M, dtype=torch.float64)
+    pi[keep] = law
+    return pi.reshape([S] * k)
 
 
 def _batched_stationary(kernels: Float[Tensor, "B M S"]) -> Float[Tensor, "B M"]:
@@ -273,7 +318,12 @@ def _dirichlet(
         log_g = torch._standard_gamma(a, generator=generator).log()
     else:
         u = 1 - torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
-        log_g = torch._standard_gamma(a + 1, generator=generator).log() + u.log() / alpha
+        lg = torch._standard_gamma(a + 1, generator=generator).log()
+        log_g = lg + u.log() / alpha
+        dead = torch.isneginf(log_g.amax(-1, keepdim=True))  # alpha ~ 1e-300: all -inf
+        if dead.any():  # the same draws, shifted by the row max before dividing by alpha
+            y = alpha * lg + u.log()
+            log_g = torch.where(dead, (y - y.amax(-1, keepdim=True)) / alpha, log_g)
     return torch.softmax(log_g, dim=-1)
 
 

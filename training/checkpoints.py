@@ -152,7 +152,7 @@ def _write_error(path: Path, err: Exception) -> CheckpointWriteError:
     kept = (
         f"the previous checkpoint {path} is intact"
         if path.exists()
-        else f"nothing was written at {path}"
+        else "nothing was written there (the other checkpoints are untouched)"
     )
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     error = CheckpointWriteError(f"cannot save checkpoint {path}: {reason}; {kept}")

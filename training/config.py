@@ -18,6 +18,7 @@ ACT_FNS = ("gelu", "relu")
 NORMALIZATIONS = ("LN", None)
 POSITIONAL = ("standard", "none")
 INITS = ("paper", "theta_pi", "good")
+MAX_WINDOW = 2**62  # attention masks compute i - window in int64
 BOOL_FIELDS = (
     "attn_only",
     "ln_bias",
@@ -135,9 +136,11 @@ class ModelConfig:
                 "give one int/None, or one per layer"
             )
         for w in windows:
-            if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            if w is not None and (
+                not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= MAX_WINDOW
+            ):
                 raise ValueError(
-                    f"attn_window values must be None (causal) or an int >= 0, got {w!r}"
+                    f"attn_window values must be None (causal) or an int in 0..2^62, got {w!r}"
                 )
 
     def windows(self) -> list[int | None]:

@@ -16,9 +16,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from training.model import MarkovTransformer
+if TYPE_CHECKING:  # annotations only: importing inits does not load transformer_lens
+    from training.model import MarkovTransformer
 
 
 @torch.no_grad()

@@ -10,6 +10,12 @@ every interesting activation passes through a HookPoint with the HookedTransform
 
 With `tie_embeddings`, unembed.W_U is embed.W_E transposed: one Parameter, one state-dict
 entry (REFERENCE.md section 3: wte.weight = lm_head.weight).
+
+This is the only implementation of the architecture. Attention and LayerNorm each have two
+branches of one computation, chosen by whether a hook watches their internals: explicit
+(scores, pattern, scale materialised for analysis) or fused (training.fused_attention's
+compiled kernel or SDPA, which computes only the band n-window..n; torch's layer_norm).
+Stacks of K members run this same module under torch.func.vmap (training.stacked).
 """
 
 from __future__ import annotations
@@ -21,12 +27,20 @@ import einops
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from training.config import ModelConfig
+from training.fused_attention import band_mask, fused_attention, under_grad_transform, uses_fused
+
+ATTENTION_BACKENDS = ("auto", "torch", "explicit")
+
+
+def watched(*hooks: HookPoint) -> bool:
+    """Does any of these hook points have a hook attached (forward or backward)?"""
+    return any(h.fwd_hooks or h.bwd_hooks for h in hooks)
 
 
 class Embed(nn.Module):
@@ -76,11 +90,13 @@ class Unembed(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """Pre-LayerNorm with weight w (and bias b when cfg.ln_bias), hooks as in TransformerLens."""
+    """Pre-LayerNorm with weight w (and bias b when cfg.ln_bias), hooks as in TransformerLens;
+    torch's fused layer_norm computes it when nothing watches hook_scale or hook_normalized."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.eps = cfg.ln_eps
+        self.bias = cfg.ln_bias
         self.w = nn.Parameter(torch.ones(cfg.d_model))
         if cfg.ln_bias:
             self.b = nn.Parameter(torch.zeros(cfg.d_model))
@@ -90,16 +106,33 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        # fused: the same function. Not under torch.func grad transforms: jacrev(jacrev) of
+        # torch's layer_norm gets the weight's second derivatives wrong (torch 2.13; tested)
+        if not watched(self.hook_scale, self.hook_normalized) and not under_grad_transform(x):
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b if self.bias else None, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w + self.b
 
 
 class Attention(nn.Module):
+    """Multi-head attention, causal, optionally restricted to a window: query n sees keys
+    n - window .. n (REFERENCE section 3, the paper's --memory M).
+
+    Two branches of one computation (nanoGPT's ``self.flash``): when a hook watches
+    hook_attn_scores or hook_pattern (analysis, ``run_with_cache``), the scores and pattern
+    are materialised; otherwise ``training.fused_attention`` computes the same function
+    without them (a compiled CPU kernel that skips everything outside the band, or SDPA).
+    hook_q/k/v/z/result fire in both. ``backend``: "auto" (the fused branch where it
+    applies), "torch" (the fused branch without the compiled kernel: SDPA or the unfolded
+    band) or "explicit" (always materialise).
+    """
+
     def __init__(self, cfg: ModelConfig, window: int | None):
         super().__init__()
         self.cfg = cfg
         self.window = window
+        self.backend = "auto"
         H, D, Dh = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(H, D, Dh))
         self.W_K = nn.Parameter(torch.empty(H, D, Dh))
@@ -118,24 +151,26 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], with use_attn_result
 
-    def mask(self, n: int, device: torch.device) -> Tensor:
+    def mask(self, n: int, device: torch.device) -> Bool[Tensor, "pos pos"]:
         """Boolean [n, n]: query i may attend to key j iff i - window <= j <= i."""
-        i = torch.arange(n, device=device)[:, None]
-        j = torch.arange(n, device=device)[None, :]
-        allowed = j <= i
-        if self.window is not None:
-            allowed = allowed & (j >= i - self.window)
-        return allowed
+        return band_mask(n, self.window, device)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        allowed = self.mask(x.shape[1], x.device)
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))
-        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        explicit = self.backend == "explicit" or watched(self.hook_attn_scores, self.hook_pattern)
+        if not explicit and uses_fused(q):
+            qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+            kernel = self.backend == "auto"
+            z = fused_attention(qh, kh, vh, self.window, kernel=kernel).transpose(1, 2)
+        else:
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+            allowed = self.mask(x.shape[1], x.device)
+            scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        z = self.hook_z(z)
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
             return result.sum(dim=2) + self.b_O
@@ -261,6 +296,8 @@ class MarkovTransformer(HookedRootModule):
             raise ValueError(
                 f"sequence length {tokens.shape[1]} is longer than n_ctx={self.cfg.n_ctx}"
             )
+        if torch._C._functorch.is_batchedtensor(tokens):
+            return tokens.long()  # under vmap (stacked runs): the caller checks the stack
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
             bad = int(tokens.min()) if tokens.min() < 0 else int(tokens.max())
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.cfg.d_vocab - 1}")
@@ -326,6 +363,21 @@ class MarkovTransformer(HookedRootModule):
 
     def to_single_token(self, token) -> int:
         return int(token)
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """enabled=False: every layer takes the explicit attention branch (scores and pattern
+        materialised) even when no hook watches them; True (default): the fused branch
+        whenever nothing watches them."""
+        self.set_attention_backend("auto" if enabled else "explicit")
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Every layer's Attention.backend: "auto", "torch" or "explicit" (see Attention)."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}"
+            )
+        for block in self.blocks:
+            block.attn.backend = backend
 
     def set_use_attn_result(self, value: bool) -> None:
         self.cfg.use_attn_result = value

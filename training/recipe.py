@@ -53,9 +53,9 @@ class TrainConfig:
     [batch, seq_len] (also at step 0 and at the end). checkpoints_per_octave: log-spaced
     checkpoints (1: steps 0, 1, 2, 4, 8, ...; 2: also ~sqrt(2) between; 0: none) plus the last.
     save_every: updates between rolling resume checkpoints ("latest"; 0: never).
-    precision: "fp32", or "bf16" autocast (for CUDA). fused_attention: train through the fused
-    attention kernel (training.fast_attention; same function, ~5x faster at length 1024 on
-    CPU; the saved models are ordinary MarkovTransformers either way). device: "auto" (CUDA when available),
+    precision: "fp32", or "bf16" autocast (for CUDA). fused_attention: train through the model's
+    fused attention branch (training.fused_attention: the same function without the
+    [pos, pos] scores; false: the explicit branch; the saved models are the same either way). device: "auto" (CUDA when available),
     "cpu", "cuda", "cuda:N".
     """
 

@@ -22,15 +22,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.chains import MarkovChain, chain_from_dict
-from training.checkpoints import load_checkpoint
 from training.config import ModelConfig
-from training.model import MarkovTransformer
 from training.recipe import TrainConfig
+
+if TYPE_CHECKING:  # the model (and transformer_lens) load only when a checkpoint is read
+    from training.model import MarkovTransformer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -131,6 +132,8 @@ class Run:
     ) -> MarkovTransformer:
         """The model at `step` (default: the last checkpoint), eval mode, on `device`
         (default: CUDA when available, else CPU)."""
+        from training.checkpoints import load_checkpoint
+
         return load_checkpoint(
             self.checkpoint_path(step), device=device, expected_config=self.model_config
         )

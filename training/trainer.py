@@ -36,7 +36,8 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,9 @@ from torch import Tensor
 from training.chains import InContextChain, MarkovChain, add_pseudocount_probs, chain_from_dict
 from training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from training.config import ModelConfig
-from training.fast_attention import fused_attention
 from training.inits import apply_init
-from training.model import MarkovTransformer, per_token_loss
+from training.model import MarkovTransformer
+from training.options import RunConfig
 from training.recipe import TrainConfig
 from training.references import in_context_losses, reference_losses, stationary_marginal
 from training.runs import (
@@ -60,11 +61,21 @@ from training.runs import (
     METRICS,
     STEP_DIR,
     SUMMARY,
-    load_run,
     read_json,
     read_metrics,
     step_dir_name,
     write_json_atomic,
+)
+from training.stacked import (
+    Member,
+    StackedWeights,
+    as_member,
+    check_same_architecture,
+    clip_member_grads,
+    member_losses,
+    sample_members,
+    stacked_logits,
+    train_key,
 )
 from training.verdicts import VerdictRule, relative, summarise_metrics
 
@@ -512,11 +523,10 @@ def train(
     stop_at: stop cleanly after this step with a resume checkpoint (status "paused").
     progress: a tqdm bar (step, loss, gap to the entropy rate) when stderr is a terminal.
 
-    Returns the summary (a TrainResult dict; `.model`, `.metrics`, `.path`). Raises
-    TrainingDiverged (after writing a "diverged" summary.json) if the loss turns NaN/inf.
+    The run is an ensemble of one (train_ensemble). Returns the summary (a TrainResult dict;
+    `.model`, `.metrics`, `.path`). Raises TrainingDiverged (after writing a "diverged"
+    summary.json) if the loss turns NaN/inf.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(chain, dict):
         chain = chain_from_dict(chain)
     train_config = train_config or TrainConfig()
@@ -532,181 +542,41 @@ def train(
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    if stop_at is not None and not (0 <= stop_at <= train_config.iters):
-        raise ValueError(f"stop_at must be in 0..{train_config.iters}, got {stop_at!r}")
-    device = resolve_device(train_config.device)
-    config = _config_dict(model_config, chain, train_config, seed)
-    run_dir = Path(out_dir) if out_dir is not None else None
-
-    if run_dir is not None and _prepare_run_dir(run_dir, config, resume, force):
-        run = load_run(run_dir)
-        model = run.model(device=device) if run.checkpoint_steps() else None
-        return TrainResult(run.summary(), model, run.metrics(), run_dir)
-
-    refs = run_references(chain, train_config)
-    gap = refs["unigram_loss"] - refs["optimal_loss"]
-    model_config = ModelConfig.from_dict(model_config.to_dict())  # private copy
-    model = MarkovTransformer(model_config, seed=derive_seed(seed, STREAM_INIT))
-    pi = (
-        torch.full((chain.n_states,), 1.0 / chain.n_states, dtype=torch.float64)
-        if isinstance(chain, InContextChain)
-        else stationary_marginal(chain)
+    (result,) = train_ensemble(
+        [Member(model_config, chain, seed)],
+        train_config,
+        out_dirs=None if out_dir is None else [out_dir],
+        resume=resume,
+        force=force,
+        progress=progress,
+        stop_at=stop_at,
     )
-    apply_init(model, model_config.init, pi=pi)
-    model.to(device)
-    opt, opt_names = make_optimizer(model, train_config)
-    autocast_enabled = train_config.precision == "bf16"
-
-    def autocast():
-        if not autocast_enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-
-    eval_set = EvalSet(chain, train_config, seed, device)
-    checkpoint_steps = set(train_config.checkpoint_steps())
-    step = 0
-    metrics: list[dict[str, Any]] = []
-    train_loss_sum, train_loss_count = 0.0, 0
-    wall_before = 0.0
-    if run_dir is not None:
-        _clean_partial_saves(run_dir)
-        ckpt = find_resume_checkpoint(run_dir, model_config) if resume else None
-        if ckpt is not None:
-            state = ckpt.metadata["resume"]
-            model.load_state_dict(ckpt.weights)
-            _load_optimizer_state(opt, opt_names, ckpt.state, state["param_groups"])
-            step = ckpt.step
-            train_loss_sum = state["train_loss_sum"]
-            train_loss_count = state["train_loss_count"]
-            wall_before = state["wall_seconds"]
-            metrics = _truncate_metrics(run_dir / METRICS, step)
-        elif (run_dir / METRICS).exists():
-            (run_dir / METRICS).unlink()  # a run that never reached a checkpoint restarts
-
-    tokens_per_step = train_config.tokens_per_step
-    t_start = time.perf_counter()
-    t_last, tokens_last = t_start, step * tokens_per_step
-    last_lr = train_config.lr_at(0)
-
-    def wall() -> float:
-        return wall_before + time.perf_counter() - t_start
-
-    def record_eval() -> dict[str, Any]:
-        nonlocal t_last, tokens_last, train_loss_sum, train_loss_count
-        now = time.perf_counter()
-        rec = {"step": step} | evaluate(model, eval_set, refs, autocast)
-        rec["train_loss"] = train_loss_sum / train_loss_count if train_loss_count else None
-        rec["lr"] = last_lr
-        rec["tokens_seen"] = step * tokens_per_step
-        rec["wall_seconds"] = wall()
-        dt = now - t_last
-        rec["tokens_per_s"] = (step * tokens_per_step - tokens_last) / dt if dt > 0 else None
-        t_last, tokens_last = time.perf_counter(), step * tokens_per_step
-        train_loss_sum, train_loss_count = 0.0, 0
-        metrics.append(rec)
-        if run_dir is not None:
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        return rec
-
-    def save(path: Path, overwrite: bool = False) -> None:
-        tensors, groups = _optimizer_state(opt, opt_names)
-        meta = {
-            "run_format": RUN_FORMAT,
-            "step": step,
-            "seed": seed,
-            "chain": chain.to_dict(),
-            "train": train_config.to_dict(),
-            "resume": {
-                "param_groups": groups,
-                "lr_schedule": "TrainConfig.lr_at(step), a function of the step",
-                "param_names": opt_names,
-                "train_loss_sum": train_loss_sum,
-                "train_loss_count": train_loss_count,
-                "wall_seconds": wall(),
-                "data_seeds": "SeedSequence([seed, 1, step]) per training batch",
-            },
-        }
-        save_checkpoint(path, model, metadata=meta, state=tensors, overwrite=overwrite)
-
-    bar = tqdm(
-        total=train_config.iters,
-        initial=step,
-        disable=None if progress else True,
-        desc=run_dir.name if run_dir is not None else "train",
-        dynamic_ncols=True,
-    )
-    ckpt_root = run_dir / CHECKPOINTS if run_dir is not None else None
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(fused_attention(model, train_config.fused_attention))
-        stack.callback(bar.close)
-        if step == 0 and not metrics:
-            record_eval()
-            if ckpt_root is not None and 0 in checkpoint_steps:
-                save(ckpt_root / step_dir_name(0), overwrite=True)
-        model.train()
-        while step < train_config.iters:
-            if stop_at is not None and step >= stop_at:
-                break
-            gen = make_generator(device, derive_seed(seed, STREAM_TRAIN, step))
-            tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
-            last_lr = train_config.lr_at(step)
-            for group in opt.param_groups:
-                group["lr"] = last_lr
-            loss_value = _train_step(model, opt, tokens, train_config, autocast)
-            if not math.isfinite(loss_value):
-                _diverged(run_dir, step, loss_value, last_lr, metrics, refs, seed, wall())
-            step += 1
-            train_loss_sum += loss_value
-            train_loss_count += 1
-            bar.update(1)
-            is_last = step == train_config.iters
-            if step % train_config.eval_every == 0 or is_last:
-                rec = record_eval()
-                bar.set_postfix(
-                    loss=f"{rec['eval_loss']:.4f}", gap=f"{rec['gap_entropy']:+.4f}", refresh=False
-                )
-            if ckpt_root is not None:
-                if step in checkpoint_steps:
-                    save(ckpt_root / step_dir_name(step), overwrite=True)
-                elif train_config.save_every and step % train_config.save_every == 0:
-                    save(ckpt_root / LATEST, overwrite=True)
-    model.eval()
-    if step < train_config.iters:  # paused by stop_at
-        if ckpt_root is not None and step not in checkpoint_steps:
-            save(ckpt_root / LATEST, overwrite=True)
-        paused = {"status": "paused", "steps": step, "seed": seed, "wall_seconds": wall()}
-        return TrainResult(paused, model, metrics, run_dir)
-
-    summary = _summary(metrics, refs, gap, chain, train_config, seed, wall(), device, model)
-    if run_dir is not None:
-        write_json_atomic(run_dir / SUMMARY, summary)
-        shutil.rmtree(ckpt_root / LATEST, ignore_errors=True)
-        shutil.rmtree(ckpt_root / f".{LATEST}.old", ignore_errors=True)
-    return TrainResult(summary, model, metrics, run_dir)
+    if result.get("status") == "diverged":
+        raise TrainingDiverged(result["message"])
+    return result
 
 
-def _train_step(
-    model: MarkovTransformer,
-    opt: torch.optim.Optimizer,
-    tokens: Int[Tensor, "batch pos"],
-    train_config: TrainConfig,
-    autocast: Callable,
-) -> float:
-    """One update on `tokens`; returns the batch loss (nats). Nothing is updated if the loss
-    is not finite."""
-    with autocast():
-        logits = model(tokens)
-    loss = per_token_loss(logits.float(), tokens).mean()
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        return value
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if train_config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-    opt.step()
-    return value
+def _train_step(run: _Run, tokens: Int[Tensor, "member batch pos"]) -> list[float]:
+    """One update of every active member of `run` on its batch tokens[m]; returns their
+    losses (nats), in the order of run.active after the update. A member whose loss is not
+    finite is dropped before the update (nothing of it is updated)."""
+    while True:
+        losses = member_losses(run.forward(tokens).float(), tokens)
+        values = losses.detach().tolist()
+        bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
+        if not bad:
+            break
+        keep = [r for r in range(len(values)) if r not in bad]
+        run.drop(bad, values)
+        if not keep:
+            return []
+        tokens = tokens[keep]
+    run.opt.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    if run.tc.grad_clip is not None:
+        clip_member_grads(run.weights, run.tc.grad_clip)
+    run.opt.step()
+    return values
 
 
 def _diverged(run_dir, step, loss_value, lr, metrics, refs, seed, wall_seconds) -> None:
@@ -792,3 +662,478 @@ def _summary(metrics, refs, gap, chain, train_config, seed, wall_seconds, device
     if "p" in refs:
         out["p"], out["q"], out["pi_1"] = refs["p"], refs["q"], refs["pi_1"]
     return out
+
+
+def _stack_optimizer_state(
+    opt: torch.optim.Optimizer, names: list[str], keep: Tensor | None = None
+) -> tuple[dict[str, Tensor], list[dict]]:
+    """trainer._optimizer_state of a stacked optimiser, restricted to members `keep`."""
+    tensors, groups = _optimizer_state(opt, names)
+    if keep is not None:
+        tensors = {k: (v[keep].clone() if v.ndim > 0 else v.clone()) for k, v in tensors.items()}
+    return tensors, groups
+
+
+class _MemberOptimizer:
+    """A view of member `index` of a stacked optimiser with the ``state_dict()`` of the
+    member's own AdamW (what trainer._optimizer_state reads to write a checkpoint)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, index: int):
+        self.opt, self.index = opt, index
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = self.opt.state_dict()
+        state = {
+            idx: {k: (v[self.index].clone() if v.ndim > 0 else v.clone()) for k, v in s.items()}
+            for idx, s in sd["state"].items()
+        }
+        return {"state": state, "param_groups": sd["param_groups"]}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class _State:
+    """Where one member starts: fresh, or from a resume checkpoint."""
+
+    step: int = 0
+    checkpoint: Any = None
+    metrics: list | None = None
+    train_loss_sum: float = 0.0
+    train_loss_count: int = 0
+    wall_before: float = 0.0
+
+
+def _initial_model(member: Member, device: torch.device) -> MarkovTransformer:
+    """The trainer's initial model for this member (same seed stream and init)."""
+    cfg = ModelConfig.from_dict(member.model_config.to_dict())
+    model = MarkovTransformer(cfg, seed=derive_seed(member.seed, STREAM_INIT))
+    chain = member.chain
+    pi = (
+        torch.full((chain.n_states,), 1.0 / chain.n_states, dtype=torch.float64)
+        if isinstance(chain, InContextChain)
+        else stationary_marginal(chain)
+    )
+    apply_init(model, cfg.init, pi=pi)
+    return model.to(device)
+
+
+def train_ensemble(
+    members: Sequence[Member | RunConfig | tuple],
+    train_config: TrainConfig | None = None,
+    out_dirs: Sequence[str | os.PathLike] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[TrainResult]:
+    """Train `members` (same architecture, different seeds/chains/inits) together, each as
+    ``trainer.train(model_config, chain, train_config, seed, out_dir)`` would.
+
+    members: Member, RunConfig (its train section must equal train_config, which defaults to
+    it) or (model_config, chain, seed). out_dirs: one run directory per member (None: in
+    memory); resume/force/stop_at as in trainer.train (a finished member is only read;
+    members resumed from different steps are trained as separate ensembles).
+    timings: if given, filled with seconds spent on data, steps (forward, backward, AdamW),
+    evaluation and checkpoints, and the number of ensemble steps.
+
+    Returns one TrainResult per member, in order. A member whose loss turns NaN/inf gets the
+    trainer's "diverged" summary (written to its run directory) and drops out; the others
+    go on. ValueError for members of different architectures or mismatched configs.
+    """
+    if not members:
+        raise ValueError("train_ensemble needs at least one member")
+    parsed = [as_member(item, i) for i, item in enumerate(members)]
+    given = [tc for _, tc in parsed if tc is not None]
+    if train_config is None:
+        train_config = given[0] if given else TrainConfig()
+    if not isinstance(train_config, TrainConfig):
+        raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    for i, tc in enumerate(given):
+        if train_key(tc) != train_key(train_config):
+            raise ValueError(
+                f"ensemble member {i} has its own train config that differs from the shared "
+                "one; members of an ensemble share one TrainConfig"
+            )
+    mem = []
+    for i, (m, _) in enumerate(parsed):
+        chain = chain_from_dict(m.chain) if isinstance(m.chain, dict) else m.chain
+        if not isinstance(m.model_config, ModelConfig):
+            raise ValueError(
+                f"member {i}: model_config must be a ModelConfig, got "
+                f"{type(m.model_config).__name__}"
+            )
+        if m.model_config.n_ctx < train_config.seq_len:
+            raise ValueError(
+                f"member {i}: model n_ctx={m.model_config.n_ctx} is shorter than "
+                f"seq_len={train_config.seq_len}"
+            )
+        if m.model_config.d_vocab != chain.n_states:
+            raise ValueError(
+                f"member {i}: model d_vocab={m.model_config.d_vocab} but the chain has "
+                f"{chain.n_states} states"
+            )
+        if isinstance(m.seed, bool) or not isinstance(m.seed, int) or m.seed < 0:
+            raise ValueError(f"member {i}: seed must be an integer >= 0, got {m.seed!r}")
+        mem.append(Member(m.model_config, chain, m.seed))
+    check_same_architecture([m.model_config for m in mem])
+    if stop_at is not None and not (0 <= stop_at <= train_config.iters):
+        raise ValueError(f"stop_at must be in 0..{train_config.iters}, got {stop_at!r}")
+    dirs: list[Path | None] = [None] * len(mem)
+    if out_dirs is not None:
+        if len(out_dirs) != len(mem):
+            raise ValueError(f"{len(mem)} members but {len(out_dirs)} out_dirs")
+        dirs = [Path(d) if d is not None else None for d in out_dirs]
+        named = [str(d.resolve()) for d in dirs if d is not None]
+        if len(set(named)) != len(named):
+            raise ValueError("two ensemble members were given the same out_dir")
+    device = resolve_device(train_config.device)
+
+    results: list[TrainResult | None] = [None] * len(mem)
+    starts: dict[int, _State] = {}
+    for i, (m, run_dir) in enumerate(zip(mem, dirs, strict=True)):
+        state = _State()
+        if run_dir is not None:
+            config = _config_dict(m.model_config, m.chain, train_config, m.seed)
+            if _prepare_run_dir(run_dir, config, resume, force):
+                from training.runs import load_run
+
+                run = load_run(run_dir)
+                model = run.model(device=device) if run.checkpoint_steps() else None
+                results[i] = TrainResult(run.summary(), model, run.metrics(), run_dir)
+                continue
+            _clean_partial_saves(run_dir)
+            ckpt = find_resume_checkpoint(run_dir, m.model_config) if resume else None
+            if ckpt is not None and ckpt.step > 0:
+                meta = ckpt.metadata["resume"]
+                state = _State(
+                    step=ckpt.step,
+                    checkpoint=ckpt,
+                    metrics=_truncate_metrics(run_dir / METRICS, ckpt.step),
+                    train_loss_sum=meta["train_loss_sum"],
+                    train_loss_count=meta["train_loss_count"],
+                    wall_before=meta["wall_seconds"],
+                )
+            elif (run_dir / METRICS).exists():
+                # no update checkpointed yet: start again from step 0 (the same weights and
+                # step-0 record), so that all fresh members can share one ensemble
+                (run_dir / METRICS).unlink()
+        starts[i] = state
+    by_step: dict[int, list[int]] = {}
+    for i, state in starts.items():
+        by_step.setdefault(state.step, []).append(i)
+    for step in sorted(by_step):
+        idx = by_step[step]
+        group = _Run(
+            [mem[i] for i in idx],
+            [dirs[i] for i in idx],
+            [starts[i] for i in idx],
+            train_config,
+            device,
+            timings,
+        )
+        for i, result in zip(idx, group.run(progress, stop_at), strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
+class _Run:
+    """The training loop of one ensemble whose members all start at the same step."""
+
+    def __init__(
+        self,
+        members: list[Member],
+        dirs: list[Path | None],
+        starts: list[_State],
+        train_config: TrainConfig,
+        device: torch.device,
+        timings: dict[str, float] | None,
+    ):
+        self.members, self.dirs, self.tc, self.device = members, dirs, train_config, device
+        self.timings = timings
+        self.step = starts[0].step
+        ref_cache: dict[str, dict] = {}
+        self.refs = []
+        for m in members:
+            key = json.dumps(m.chain.to_dict(), sort_keys=True)
+            if key not in ref_cache:
+                ref_cache[key] = run_references(m.chain, train_config)
+            self.refs.append(ref_cache[key])
+        self.models = [_initial_model(m, device) for m in members]
+        for model, state in zip(self.models, starts, strict=True):
+            if state.checkpoint is not None:
+                model.load_state_dict(state.checkpoint.weights)
+        self.weights = StackedWeights.from_models(self.models)
+        self.base = self.models[0]  # the module that computes every member (stacked_logits)
+        self.base.set_fused_attention(train_config.fused_attention)
+        self.opt, self.opt_names = make_optimizer(self.weights, train_config)
+        if starts[0].checkpoint is not None:
+            tensors: dict[str, Tensor] = {}
+            for key in starts[0].checkpoint.state:
+                if key.startswith("optim/"):
+                    parts = [s.checkpoint.state[key] for s in starts]
+                    tensors[key] = torch.stack(parts) if parts[0].ndim > 0 else parts[0]
+            meta = starts[0].checkpoint.metadata["resume"]
+            _load_optimizer_state(self.opt, self.opt_names, tensors, meta["param_groups"])
+        self.eval_sets = [EvalSet(m.chain, train_config, m.seed, device) for m in members]
+        self.metrics = [list(s.metrics or []) for s in starts]
+        self.loss_sum = [s.train_loss_sum for s in starts]
+        self.loss_count = [s.train_loss_count for s in starts]
+        self.wall_before = [s.wall_before for s in starts]
+        self.active = list(range(len(members)))  # member index of each stacked row
+        self.results: list[TrainResult | None] = [None] * len(members)
+        self.autocast_enabled = train_config.precision == "bf16"
+
+    # --- helpers ---------------------------------------------------------------------
+    def autocast(self):
+        if not self.autocast_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _tick(self, key: str, since: float) -> float:
+        now = time.perf_counter()
+        if self.timings is not None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+            self.timings[key] = self.timings.get(key, 0.0) + now - since
+        return now
+
+    def _description(self) -> str:
+        if len(self.members) > 1:
+            return f"ensemble x{len(self.members)}"
+        return self.dirs[0].name if self.dirs[0] is not None else "train"
+
+    def wall(self, i: int) -> float:
+        return self.wall_before[i] + time.perf_counter() - self.t_start
+
+    def forward(self, tokens: Int[Tensor, "member batch pos"]) -> Tensor:
+        with self.autocast():
+            return stacked_logits(self.base, self.weights.params, tokens)
+
+    # --- evaluation, checkpoints ---------------------------------------------------------
+    @torch.no_grad()
+    def record_eval(self) -> None:
+        rows = self.active
+        logits = [
+            self.forward(torch.stack([self.eval_sets[i].tokens[b] for i in rows]))
+            for b in range(self.tc.eval_batches)
+        ]
+        now = time.perf_counter()
+        for r, i in enumerate(rows):
+            es = self.eval_sets[i]
+            model = _PrecomputedLogits(es.tokens, [lg[r] for lg in logits])
+            rec = {"step": self.step} | evaluate(model, es, self.refs[i], self.autocast)
+            count = self.loss_count[i]
+            rec["train_loss"] = self.loss_sum[i] / count if count else None
+            rec["lr"] = self.last_lr
+            rec["tokens_seen"] = self.step * self.tc.tokens_per_step
+            rec["wall_seconds"] = self.wall(i)
+            dt = now - self.t_last
+            done = (self.step - self.step_last) * self.tc.tokens_per_step
+            rec["tokens_per_s"] = done / dt if dt > 0 else None
+            self.loss_sum[i], self.loss_count[i] = 0.0, 0
+            self.metrics[i].append(rec)
+            if self.dirs[i] is not None:
+                with open(self.dirs[i] / METRICS, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        self.t_last, self.step_last = time.perf_counter(), self.step
+
+    def save(self, name: str) -> None:
+        for r, i in enumerate(self.active):
+            if self.dirs[i] is None:
+                continue
+            member = self.members[i]
+            tensors, groups = _optimizer_state(_MemberOptimizer(self.opt, r), self.opt_names)
+            meta = {
+                "run_format": RUN_FORMAT,
+                "step": self.step,
+                "seed": member.seed,
+                "chain": member.chain.to_dict(),
+                "train": self.tc.to_dict(),
+                "resume": {
+                    "param_groups": groups,
+                    "lr_schedule": "TrainConfig.lr_at(step), a function of the step",
+                    "param_names": self.opt_names,
+                    "train_loss_sum": self.loss_sum[i],
+                    "train_loss_count": self.loss_count[i],
+                    "wall_seconds": self.wall(i),
+                    "data_seeds": "SeedSequence([seed, 1, step]) per training batch",
+                },
+            }
+            model = self.weights.copy_to(r, self.models[i])
+            path = self.dirs[i] / CHECKPOINTS / name
+            save_checkpoint(path, model, metadata=meta, state=tensors, overwrite=True)
+
+    # --- members that diverge ------------------------------------------------------------
+    def drop(self, rows: list[int], values: list[float]) -> None:
+        """Members at stacked `rows` got a non-finite loss: give them the trainer's diverged
+        summary (their weights are those before this update) and remove them."""
+        for r in rows:
+            i = self.active[r]
+            model = self.weights.copy_to(r, self.models[i]).eval()
+            try:
+                _diverged(
+                    self.dirs[i],
+                    self.step,
+                    values[r],
+                    self.last_lr,
+                    self.metrics[i],
+                    self.refs[i],
+                    self.members[i].seed,
+                    self.wall(i),
+                )
+            except TrainingDiverged as err:
+                summary = {
+                    "status": "diverged",
+                    "message": str(err),
+                    "verdict": "neither",
+                    "steps": self.step,
+                    "seed": self.members[i].seed,
+                }
+                if self.dirs[i] is not None:
+                    summary = json.loads((self.dirs[i] / SUMMARY).read_text())
+                self.results[i] = TrainResult(summary, model, self.metrics[i], self.dirs[i])
+        keep = [r for r in range(len(self.active)) if r not in rows]
+        self.active = [self.active[r] for r in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.device)
+        tensors, groups = _stack_optimizer_state(self.opt, self.opt_names, index)
+        params = {
+            n: torch.nn.Parameter(p.detach()[index].clone()) for n, p in self.weights.params.items()
+        }
+        self.weights = StackedWeights(self.weights.cfg, params)
+        self.opt, _ = make_optimizer(self.weights, self.tc)
+        _load_optimizer_state(self.opt, self.opt_names, tensors, groups)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self, progress: bool, stop_at: int | None) -> list[TrainResult]:
+        from tqdm.auto import tqdm
+
+        tc = self.tc
+        checkpoint_steps = set(tc.checkpoint_steps())
+        self.t_start = self.t_last = time.perf_counter()
+        self.step_last = self.step
+        self.last_lr = tc.lr_at(0)
+        bar = tqdm(
+            total=tc.iters,
+            initial=self.step,
+            disable=None if progress else True,
+            desc=self._description(),
+            dynamic_ncols=True,
+        )
+        with contextlib.closing(bar):
+            if self.step == 0 and not self.metrics[0]:
+                t = time.perf_counter()
+                self.record_eval()
+                t = self._tick("eval_s", t)
+                if 0 in checkpoint_steps:
+                    self.save(step_dir_name(0))
+                    self._tick("save_s", t)
+            while self.step < tc.iters and self.active:
+                if stop_at is not None and self.step >= stop_at:
+                    break
+                t = time.perf_counter()
+                seeds = [self.members[i].seed for i in self.active]
+                chains = [self.members[i].chain for i in self.active]
+                tokens = member_batches(chains, seeds, self.step, tc, self.device)
+                t = self._tick("data_s", t)
+                self.last_lr = tc.lr_at(self.step)
+                for group in self.opt.param_groups:
+                    group["lr"] = self.last_lr
+                values = _train_step(self, tokens)
+                t = self._tick("step_s", t)
+                if self.timings is not None:
+                    self.timings["steps"] = self.timings.get("steps", 0) + 1
+                if not self.active:
+                    break
+                self.step += 1
+                for i, v in zip(self.active, values, strict=True):
+                    self.loss_sum[i] += v
+                    self.loss_count[i] += 1
+                bar.update(1)
+                if self.step % tc.eval_every == 0 or self.step == tc.iters:
+                    self.record_eval()
+                    losses = [self.metrics[i][-1]["eval_loss"] for i in self.active]
+                    bar.set_postfix(mean_loss=f"{sum(losses) / len(losses):.4f}", refresh=False)
+                    t = self._tick("eval_s", t)
+                if self.step in checkpoint_steps:
+                    self.save(step_dir_name(self.step))
+                    self._tick("save_s", t)
+                elif tc.save_every and self.step % tc.save_every == 0:
+                    self.save(LATEST)
+                    self._tick("save_s", t)
+        return self.finish()
+
+    def finish(self) -> list[TrainResult]:
+        tc = self.tc
+        paused = self.step < tc.iters
+        if paused and self.step not in set(tc.checkpoint_steps()):
+            self.save(LATEST)
+        for r, i in enumerate(self.active):
+            model = self.weights.copy_to(r, self.models[i]).eval()
+            member, run_dir = self.members[i], self.dirs[i]
+            if paused:
+                summary = {
+                    "status": "paused",
+                    "steps": self.step,
+                    "seed": member.seed,
+                    "wall_seconds": self.wall(i),
+                }
+                self.results[i] = TrainResult(summary, model, self.metrics[i], run_dir)
+                continue
+            refs = self.refs[i]
+            gap = refs["unigram_loss"] - refs["optimal_loss"]
+            summary = _summary(
+                self.metrics[i],
+                refs,
+                gap,
+                member.chain,
+                tc,
+                member.seed,
+                self.wall(i),
+                self.device,
+                model,
+            )
+            if len(self.members) > 1:
+                summary["ensemble_members"] = len(self.members)
+            if run_dir is not None:
+                write_json_atomic(run_dir / SUMMARY, summary)
+                shutil.rmtree(run_dir / CHECKPOINTS / LATEST, ignore_errors=True)
+                shutil.rmtree(run_dir / CHECKPOINTS / f".{LATEST}.old", ignore_errors=True)
+            self.results[i] = TrainResult(summary, model, self.metrics[i], run_dir)
+        return self.results  # type: ignore[return-value]
+
+
+def member_batches(
+    chains: Sequence[MarkovChain],
+    seeds: Sequence[int],
+    step: int,
+    train_config: TrainConfig,
+    device: torch.device,
+) -> Int[Tensor, "member batch seq_len"]:
+    """The trainer's training batch of update `step` for every member (stream 1)."""
+    gens = [make_generator(device, derive_seed(s, STREAM_TRAIN, step)) for s in seeds]
+    return sample_members(chains, gens, train_config.batch, train_config.seq_len, device)
+
+
+class _PrecomputedLogits:
+    """Stands in for a model in trainer.evaluate: returns the member's logits, computed in
+    the batched forward, for each of its evaluation batches."""
+
+    training = False
+
+    def __init__(self, tokens: list[Tensor], logits: list[Tensor]):
+        self._logits = {id(t): lg for t, lg in zip(tokens, logits, strict=True)}
+
+    def eval(self) -> _PrecomputedLogits:
+        return self
+
+    def train(self, mode: bool = True) -> _PrecomputedLogits:
+        return self
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self._logits[id(tokens)]

@@ -128,10 +128,12 @@ def plateau_stats(
 
 
 def relative(value: float | None, gap: float) -> float | None:
-    """value / gap, or None when the gap is degenerate or the value is missing."""
+    """value / gap, or None when the gap is degenerate (<= 0, or so small that the ratio
+    overflows: p = 5e-324 gives a gap of 4e-321 nats) or the value is missing."""
     if not _finite(value) or gap <= 0:
         return None
-    return float(value) / gap
+    ratio = float(value) / gap
+    return ratio if math.isfinite(ratio) else None
 
 
 def summarise_metrics(

@@ -1,0 +1,253 @@
+/* Fused causal (optionally windowed) attention for tiny heads on a CPU, forward and backward.
+ *
+ * Compiled on first use by training/fused_attention.py (gcc -O3 -march=native -fopenmp) and
+ * called through ctypes; C99 with GCC/Clang vector extensions, no Python or torch headers.
+ * float32 only.
+ *
+ * Layout (row-major, contiguous), R = batch * heads independent rows of attention:
+ *   q, o, dq, do  [R, N, D]    queries, output and their gradients (D a multiple of 4)
+ *   kt, vt        [R, D, NP]   keys and values transposed, zero-padded to NP >= N + TILE
+ *   dkt, dvt      [R, D, NP]   their gradients (written, not accumulated)
+ *   lse           [R, N]       log-sum-exp of each query's scaled scores (for the backward)
+ * Query i attends to keys lo(i)..i, lo(i) = max(0, i - window) (window < 0: lo = 0): a window
+ * of M costs O(N * M) and full causal attention skips the upper triangle.
+ *
+ * Queries are taken QB at a time and keys TILE at a time (one vector register of keys): every
+ * key and value vector loaded serves QB queries, scores live in registers, the softmax uses a
+ * polynomial exp on whole vectors, and out-of-band scores are masked to exactly 0. The
+ * backward recomputes the probabilities from lse (as FlashAttention does) and accumulates
+ * dK^T, dV^T tile by tile; rows are independent, so OpenMP splits them without atomics.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+/* Subnormal products (probabilities near exp(-87) times small values) take microcode
+ * assists that cost ~1.5x here: each thread flushes them to zero while in the kernel and
+ * restores its own mode on the way out (the process's mode is never changed). */
+#define FLUSH_DENORMALS unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040);
+#define RESTORE_DENORMALS _mm_setcsr(saved_csr);
+#else
+#define FLUSH_DENORMALS
+#define RESTORE_DENORMALS
+#endif
+
+#ifndef QB
+#define QB 4
+#endif
+#define TILE 16
+#define DC 4 /* d-chunk of the weighted sums: QB * DC vector accumulators */
+
+typedef float vf __attribute__((vector_size(TILE * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(TILE * sizeof(int32_t))));
+
+static inline vf loadu(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf splat(float x) { return (vf){0} + x; }
+static inline vf masked(vi mask, vf a) { return (vf)((vi)a & mask); }
+static inline float hsum(vf v) {
+    float s = 0.0f;
+    for (int l = 0; l < TILE; l++) s += v[l];
+    return s;
+}
+static inline float hmax(vf v) {
+    float m = v[0];
+    for (int l = 1; l < TILE; l++) m = v[l] > m ? v[l] : m;
+    return m;
+}
+
+/* exp(x) for x <= ~0 (scores minus their max or lse), relative error ~2e-7 (Cephes' expf);
+ * inputs below -87 give 0. */
+static inline vf vexp(vf x) {
+    vi under = x < splat(-87.0f);
+    x = (vf)(((vi)x & ~under) | ((vi)splat(-87.0f) & under));
+    vi n = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, vi) - 128;
+    vf nf = __builtin_convertvector(n, vf);
+    vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vf z = r * r;
+    vf y = splat(1.9875691500e-4f);
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * z + r + 1.0f;
+    vf scale = (vf)((n + 127) << 23);
+    return masked(~under, y * scale);
+}
+
+static inline int64_t band_start(int64_t i, int64_t window) {
+    int64_t lo = window < 0 ? 0 : i - window;
+    return lo < 0 ? 0 : lo;
+}
+
+static const vi IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* Which keys jb..jb+TILE-1 query i sees: lo(i) <= j <= i. */
+static inline vi in_band(int64_t jb, int64_t i, int64_t window) {
+    vi j = IOTA + (int32_t)jb;
+    return (j >= (int32_t)band_start(i, window)) & (j <= (int32_t)i);
+}
+
+/* acc[q] = sum_d a[q, d] * bt[d, jb:jb+TILE] for the block's queries (a pre-scaled). */
+static inline void tile_dots(const float *a, const float *bt, int64_t NP, int64_t D, int64_t jb,
+                             int nq, vf acc[QB]) {
+    for (int q = 0; q < QB; q++) acc[q] = splat(0.0f);
+    for (int64_t d = 0; d < D; d++) {
+        const vf b = loadu(bt + d * NP + jb);
+        for (int q = 0; q < QB; q++)
+            if (q < nq) acc[q] += a[q * D + d] * b;
+    }
+}
+
+/* out[q, d] (+)= sum_j w[q, j] * bt[d, lo + j] over the block's tiles (weights in buffers). */
+static void weighted_sums(const float *w, int64_t wstride, const float *bt, int64_t NP, int64_t D,
+                          int64_t lo, int64_t ntiles, int nq, float *out, float factor[QB]) {
+    for (int64_t dc = 0; dc < D; dc += DC) {
+        vf acc[QB][DC];
+        for (int q = 0; q < QB; q++)
+            for (int e = 0; e < DC; e++) acc[q][e] = splat(0.0f);
+        for (int64_t t = 0; t < ntiles; t++) {
+            vf p[QB];
+            for (int q = 0; q < QB; q++) p[q] = loadu(w + q * wstride + t * TILE);
+            for (int e = 0; e < DC; e++) {
+                const vf b = loadu(bt + (dc + e) * NP + lo + t * TILE);
+                for (int q = 0; q < QB; q++) acc[q][e] += p[q] * b;
+            }
+        }
+        for (int q = 0; q < nq; q++)
+            for (int e = 0; e < DC; e++) out[q * D + dc + e] = hsum(acc[q][e]) * factor[q];
+    }
+}
+
+void attention_forward(const float *q, const float *kt, const float *vt, float *o, float *lse,
+                       int64_t R, int64_t N, int64_t NP, int64_t D, int64_t window, float scale,
+                       int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        FLUSH_DENORMALS
+        const int64_t stride = NP + TILE;
+        float *s = malloc(sizeof(float) * (size_t)(QB * stride));
+        float qs[QB * 64 * 4];
+        float *qsc = D <= 256 ? qs : malloc(sizeof(float) * (size_t)(QB * D));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            const float *qr = q + r * N * D, *ktr = kt + r * D * NP, *vtr = vt + r * D * NP;
+            float *orow = o + r * N * D, *lr = lse + r * N;
+            for (int64_t i0 = 0; i0 < N; i0 += QB) {
+                const int nq = N - i0 < QB ? (int)(N - i0) : QB;
+                const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
+                const int64_t ntiles = (hi - lo + TILE) / TILE;
+                for (int64_t x = 0; x < nq * D; x++) qsc[x] = qr[i0 * D + x] * scale;
+                vf vmax[QB];
+                for (int qq = 0; qq < QB; qq++) vmax[qq] = splat(-1e30f);
+                for (int64_t t = 0; t < ntiles; t++) {
+                    const int64_t jb = lo + t * TILE;
+                    vf acc[QB];
+                    tile_dots(qsc, ktr, NP, D, jb, nq, acc);
+                    for (int qq = 0; qq < nq; qq++) {
+                        vi ok = in_band(jb, i0 + qq, window);
+                        vf sc = (vf)(((vi)acc[qq] & ok) | ((vi)splat(-1e30f) & ~ok));
+                        vmax[qq] = (vf)(((vi)vmax[qq] & ~(sc > vmax[qq])) |
+                                        ((vi)sc & (sc > vmax[qq])));
+                        storeu(s + qq * stride + t * TILE, sc);
+                    }
+                }
+                float inv[QB];
+                for (int qq = 0; qq < QB; qq++) {
+                    if (qq >= nq) {
+                        memset(s + qq * stride, 0, sizeof(float) * (size_t)(ntiles * TILE));
+                        continue;
+                    }
+                    const float m = hmax(vmax[qq]);
+                    vf tot = splat(0.0f);
+                    for (int64_t t = 0; t < ntiles; t++) {
+                        vf p = vexp(loadu(s + qq * stride + t * TILE) - m);
+                        tot += p;
+                        storeu(s + qq * stride + t * TILE, p);
+                    }
+                    const float total = hsum(tot);
+                    inv[qq] = 1.0f / total;
+                    lr[i0 + qq] = m + logf(total);
+                }
+                weighted_sums(s, stride, vtr, NP, D, lo, ntiles, nq, orow + i0 * D, inv);
+            }
+        }
+        free(s);
+        if (qsc != qs) free(qsc);
+        RESTORE_DENORMALS
+    }
+}
+
+void attention_backward(const float *q, const float *kt, const float *vt, const float *o,
+                        const float *lse, const float *dout, float *dq, float *dkt, float *dvt,
+                        int64_t R, int64_t N, int64_t NP, int64_t D, int64_t window, float scale,
+                        int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        FLUSH_DENORMALS
+        const int64_t stride = NP + TILE;
+        float *ds = malloc(sizeof(float) * (size_t)(QB * stride));
+        float *qsc = malloc(sizeof(float) * (size_t)(QB * D));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) {
+            const float *qr = q + r * N * D, *ktr = kt + r * D * NP, *vtr = vt + r * D * NP;
+            const float *orow = o + r * N * D, *lr = lse + r * N, *dor = dout + r * N * D;
+            float *dqr = dq + r * N * D, *dktr = dkt + r * D * NP, *dvtr = dvt + r * D * NP;
+            memset(dktr, 0, sizeof(float) * (size_t)(D * NP));
+            memset(dvtr, 0, sizeof(float) * (size_t)(D * NP));
+            for (int64_t i0 = 0; i0 < N; i0 += QB) {
+                const int nq = N - i0 < QB ? (int)(N - i0) : QB;
+                const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
+                const int64_t ntiles = (hi - lo + TILE) / TILE;
+                const float *doi = dor + i0 * D;
+                float di[QB], li[QB], ones[QB];
+                for (int qq = 0; qq < QB; qq++) {
+                    di[qq] = li[qq] = 0.0f;
+                    ones[qq] = 1.0f;
+                }
+                for (int qq = 0; qq < nq; qq++) {
+                    for (int64_t d = 0; d < D; d++) di[qq] += doi[qq * D + d] * orow[(i0 + qq) * D + d];
+                    li[qq] = lr[i0 + qq];
+                }
+                for (int64_t x = 0; x < nq * D; x++) qsc[x] = qr[i0 * D + x] * scale;
+                for (int64_t t = 0; t < ntiles; t++) {
+                    const int64_t jb = lo + t * TILE;
+                    vf sc[QB], dp[QB], p[QB], g[QB];
+                    tile_dots(qsc, ktr, NP, D, jb, nq, sc);
+                    tile_dots(doi, vtr, NP, D, jb, nq, dp);
+                    for (int qq = 0; qq < QB; qq++) {
+                        if (qq < nq) {
+                            vi ok = in_band(jb, i0 + qq, window);
+                            p[qq] = masked(ok, vexp(sc[qq] - li[qq]));
+                        } else {
+                            p[qq] = splat(0.0f);
+                        }
+                        g[qq] = p[qq] * (dp[qq] - di[qq]) * scale; /* dL/dscore, scaled */
+                        storeu(ds + qq * stride + t * TILE, g[qq]);
+                    }
+                    for (int64_t d = 0; d < D; d++) {
+                        float *dk = dktr + d * NP + jb, *dv = dvtr + d * NP + jb;
+                        vf ak = loadu(dk), av = loadu(dv);
+                        for (int qq = 0; qq < nq; qq++) {
+                            ak += g[qq] * qr[(i0 + qq) * D + d];
+                            av += p[qq] * doi[qq * D + d];
+                        }
+                        storeu(dk, ak);
+                        storeu(dv, av);
+                    }
+                }
+                weighted_sums(ds, stride, ktr, NP, D, lo, ntiles, nq, dqr + i0 * D, ones);
+            }
+        }
+        free(ds);
+        free(qsc);
+        RESTORE_DENORMALS
+    }
+}
