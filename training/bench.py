@@ -62,9 +62,9 @@ from training.ensemble import (
     Member,
     StackedWeights,
     ensemble_backend,
-    ensemble_logits,
     member_batches,
     member_losses,
+    stacked_logits,
     stacking_pays,
     train_ensemble,
 )
@@ -668,7 +668,7 @@ def _activations(
     )
 
     def ensemble_loss() -> torch.Tensor:
-        logits = ensemble_logits(model_config, weights.params, tokens)
+        logits = stacked_logits(models[0], weights.params, tokens)
         return member_losses(logits.float(), tokens).sum()
 
     models[0].set_fused_attention(train_config.fused_attention)
@@ -713,7 +713,7 @@ def _ensemble_step(
         return member_batches(chains, seeds, step, train_config, device)
 
     def loss(tokens: torch.Tensor) -> torch.Tensor:
-        logits = ensemble_logits(model_config, weights.params, tokens)
+        logits = stacked_logits(models[0], weights.params, tokens)
         return member_losses(logits.float(), tokens).sum()
 
     def update(step: int) -> None:

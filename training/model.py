@@ -58,8 +58,8 @@ class PosEmbed(nn.Module):
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        pos = tokens.shape[-1]
-        return einops.repeat(self.W_pos[:pos], "pos d -> batch pos d", batch=tokens.shape[0])
+        batch, pos = tokens.shape
+        return self.W_pos[:pos].expand(batch, pos, -1)  # a view: no copy per sequence
 
 
 class Unembed(nn.Module):

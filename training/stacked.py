@@ -205,6 +205,8 @@ def sample_members(
 ) -> Int[Tensor, "member batch length"]:
     """tokens[m] = chains[m].sample(batch, length, generator=generators[m]), exactly, with
     the members' parallel scans run as one (each generator is still drawn on its own)."""
+    if len(chains) == 1:  # a stack of one: the chain's own sampler (the same draws)
+        return chains[0].sample(batch, length, generator=generators[0], device=device)[None]
     out: list[Tensor | None] = [None] * len(chains)
     groups: dict[tuple[int, int], list[int]] = {}
     for m, chain in enumerate(chains):
