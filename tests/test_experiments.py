@@ -40,12 +40,16 @@ def test_full_settings_are_the_papers(tmp_path):
     assert depth["chain"] == {"p": 0.5, "q": 0.8}
     windows, depths = second_order_specs("full", 3)
     assert windows["chain"] == {"p": 0.2, "q": 0.3, "order": 2}
-    assert windows["model"] == {"layers": 1, "d_model": 32, "window": [None, 2, 8, 32, 80]}
+    assert windows["model"] == {
+        "layers": 1,
+        "d_model": 32,
+        "window": [None, 2, 8, 32, 40, 80, 100],  # the paper's {2, 8, 32, 40, 80, 100} + full
+    }
     assert depths["model"] == {"layers": [4, 8], "d_model": 32, "window": None}
     assert windows["train"] == {"iters": 800, "seq_len": 1024, "batch": 16}
     phase = phase_specs("full", 3)
     pairs = {(s["chain"]["p"], s["chain"]["q"]) for s in phase}
-    assert len(pairs) == 81 - 9 and not any(abs(p + q - 1) < 1e-9 for p, q in pairs)
+    assert len(pairs) == 25 - 5 and not any(abs(p + q - 1) < 1e-9 for p, q in pairs)
     assert all(s["model"]["tie"] == [True, False] for s in phase)
     quick = tying_specs("quick", 3)
     assert quick[0]["train"]["seq_len"] < 1024
