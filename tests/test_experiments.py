@@ -103,3 +103,32 @@ def test_reproduce_errors(tmp_path):
     with pytest.raises(ValueError, match="seeds"):
         reproduce("tying", tmp_path, seeds=0)
     assert set(EXPERIMENTS) == {"tying", "depth", "second-order", "phase-diagram"}
+
+
+def test_claims_and_cells_carry_intervals_and_a_status():
+    from training.experiments import Claim, cell_table, check_claims
+
+    rows = [
+        {"status": "finished", "p": 0.5, "verdict": "bigram", "final_kl": 0.001 * i}
+        for i in range(7)
+    ] + [
+        {
+            "status": "finished",
+            "p": 0.5,
+            "verdict": "unigram",
+            "final_kl": 0.05,
+            "plateau_first_step": 10,
+            "plateau_steps": 40,
+        }
+        for _ in range(3)
+    ]
+    (claim,) = check_claims(rows, [Claim("ends unigram", lambda r: True, ("unigram",))])
+    assert (claim["held"], claim["runs"], claim["status"]) == (3, 10, "undecided")
+    assert claim["interval"][0] == pytest.approx(0.1078, abs=1e-3)
+    (never,) = check_claims(rows, [Claim("ends neither", lambda r: True, ("neither",))])
+    assert never["status"] == "not held"
+    (cell,) = cell_table(rows, ("p",))
+    assert cell["unigram_fraction"] == "3/10 [0.11, 0.60]"
+    mean = (sum(0.001 * i for i in range(7)) + 0.15) / 10
+    assert cell["excess_loss"].startswith(f"{mean:.5f} [")
+    assert cell["on_plateau"] == 3 and cell["plateau_steps_median_iqr"] == "40 [40, 40]"

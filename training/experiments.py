@@ -36,6 +36,14 @@ from typing import Any
 from training.chains import KthOrderChain
 from training.references import order_j_loss
 from training.runs import read_metrics
+from training.stats import (
+    bootstrap_interval,
+    claim_status,
+    fmt_fraction,
+    fmt_interval,
+    quartiles,
+    wilson_interval,
+)
 from training.sweeps import SweepResult, markdown_table, run_sweep, write_csv
 
 SIZES = ("full", "quick", "test")
@@ -224,7 +232,11 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One row per cell: seeds, verdict counts, final loss mean/std, references, plateau."""
+    """One row per cell: seeds, verdict counts (the unigram fraction with its Wilson 95%
+    interval), the excess loss over the true predictor on the same evaluation tokens (the
+    final KL, nats; mean with a bootstrap 95% interval over seeds), final loss mean/std,
+    references, and the plateau: how many seeds visited it, how long they stayed (median
+    [quartiles] of evaluation steps at the unigram loss), how many escaped."""
     table = []
     for key, group in _cells(rows, keys).items():
         fin = _finished(group)
@@ -232,6 +244,8 @@ def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
         exits = [r["plateau_exit_step"] for r in fin if r.get("plateau_exit_step") is not None]
         entered = [r for r in fin if r.get("plateau_first_step") is not None]
         walls = [r.get("wall_seconds") for r in fin if r.get("wall_seconds") is not None]
+        n_uni = sum(r.get("verdict") == "unigram" for r in fin)
+        stay = quartiles([r.get("plateau_steps") for r in entered])
         row = dict(zip(keys, key, strict=False))
         row |= {
             "seeds": len(group),
@@ -239,6 +253,8 @@ def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
             "bigram": sum(r.get("verdict") == "bigram" for r in fin),
             "unigram": sum(r.get("verdict") == "unigram" for r in fin),
             "neither": sum(r.get("verdict") == "neither" for r in fin),
+            "unigram_fraction": fmt_fraction(n_uni, len(fin)),
+            "excess_loss": fmt_interval(bootstrap_interval([r.get("final_kl") for r in fin]), 5),
             "loss_mean": mean,
             "loss_std": std,
             "entropy_rate": fin[0].get("entropy_rate") if fin else None,
@@ -247,6 +263,9 @@ def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
             "escaped": len(exits),
             "exit_step_median": statistics.median(exits) if exits else None,
             "plateau_steps_mean": _mean_std([r.get("plateau_steps") for r in fin])[0],
+            "plateau_steps_median_iqr": (
+                f"{stay[1]:g} [{stay[0]:g}, {stay[2]:g}]" if stay is not None else ""
+            ),
             "wall_s_mean": statistics.fmean(walls) if walls else None,
         }
         table.append(row)
@@ -261,12 +280,15 @@ def check_claims(rows: list[dict], claims: list[Claim]) -> list[dict[str, Any]]:
         verdicts = {
             v: sum(r.get("verdict") == v for r in chosen) for v in ("bigram", "unigram", "neither")
         }
+        lo, hi = wilson_interval(held, len(chosen))
         out.append(
             {
                 "claim": claim.text,
                 "expected": "/".join(claim.expected) if claim.expected else "see claim",
                 "held": held,
                 "runs": len(chosen),
+                "interval": [lo, hi],
+                "status": claim_status(held, len(chosen)),
                 "verdicts": verdicts,
             }
         )
@@ -713,7 +735,8 @@ def claims_table(claims: list[dict]) -> str:
     rows = [
         {
             "claim": c["claim"],
-            "held for": f"{c['held']}/{c['runs']} seeds",
+            "held for (seeds, Wilson 95%)": fmt_fraction(c["held"], c["runs"]),
+            "status": c.get("status") or claim_status(c["held"], c["runs"]),
             "verdicts (bigram/unigram/neither)": "{bigram}/{unigram}/{neither}".format(
                 **c["verdicts"]
             ),
@@ -745,6 +768,12 @@ def _markdown(
         "unigram = predicts the stationary marginal, neither = in between or elsewhere.",
         "",
         "## The paper's claims, per seed",
+        "",
+        'A claim is read as "it happens for most seeds": held when the whole Wilson 95% '
+        "interval of its fraction of seeds lies above 1/2, not held when it lies below, "
+        "undecided when it contains 1/2 (training.stats). excess_loss: the final loss minus "
+        "the true predictor's loss on the same evaluation tokens (the KL to the true law, "
+        "nats), mean [bootstrap 95% interval] over seeds.",
         "",
         claims_table(claims),
         "## Per cell",
