@@ -596,6 +596,26 @@ def phase_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
             lambda g: sum(r["verdict"] == "unigram" for r in g) / len(g),
         ),
         (
+            "plateau_fraction",
+            "fraction of seeds that sat on the unigram plateau",
+            lambda g: sum(r.get("plateau_first_step") is not None for r in g) / len(g),
+        ),
+        (
+            "plateau_steps",
+            "median steps on the plateau (seeds that visited it)",
+            lambda g: (
+                statistics.median(e)
+                if (
+                    e := [
+                        r["plateau_steps"]
+                        for r in g
+                        if r.get("plateau_first_step") is not None and r.get("plateau_steps")
+                    ]
+                )
+                else np.nan
+            ),
+        ),
+        (
             "plateau_exit",
             "median plateau exit step",
             lambda g: (
@@ -617,7 +637,7 @@ def phase_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
                     g = [r for r in fin if (r["p"], r["q"], bool(r["tie"])) == (p, q, tie)]
                     if g:
                         mat[i, j] = value(g)
-            vmax = 1.0 if name == "unigram_fraction" else None
+            vmax = 1.0 if name.endswith("_fraction") else None
             g_arr = np.array(grid)
             mids = (g_arr[1:] + g_arr[:-1]) / 2
             first = g_arr[0] - (mids[0] - g_arr[0] if len(grid) > 1 else 0.05)
@@ -659,6 +679,11 @@ def phase_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
             "tied, p+q<1: reaches the entropy rate",
             lambda r: bool(r["tie"]) and r["p"] + r["q"] < 1,
             ("bigram",),
+        ),
+        Claim(
+            "tied, p+q>1: sits on the unigram plateau (at least one evaluation)",
+            lambda r: bool(r["tie"]) and r["p"] + r["q"] > 1,
+            holds=lambda r: r.get("plateau_first_step") is not None,
         ),
     ]
     if False in ties:
