@@ -527,3 +527,45 @@ def test_load_run(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="has not finished"):
         load_run(tmp_path / "p").summary()
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, capsys):
+    """Two `train --resume --out R` at once interleaved their metrics in v1; now the second
+    refuses, naming the holder, and writes nothing."""
+    from interp.cli import main
+    from training.locks import DirectoryLocked, lock_directory
+
+    run_dir = tmp_path / "r"
+    with lock_directory(run_dir, purpose="training run"):
+        with pytest.raises(DirectoryLocked, match="locked"):
+            train(
+                small_model(), BinaryChain(0.5, 0.8), tiny(iters=2), out_dir=run_dir, progress=False
+            )
+        code = main(
+            [
+                "train",
+                "--p",
+                "0.5",
+                "--q",
+                "0.8",
+                "--iters",
+                "2",
+                "--seq-len",
+                "16",
+                "--out",
+                str(run_dir),
+                "--no-progress",
+            ]
+        )
+        assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{run_dir} is locked by this process" in err[0]
+        assert sorted(p.name for p in run_dir.iterdir()) == [".markov-lens.lock"]
+    done = train(
+        small_model(), BinaryChain(0.5, 0.8), tiny(iters=2), out_dir=run_dir, progress=False
+    )
+    assert done["status"] == "finished" and not (run_dir / ".markov-lens.lock").exists()
+    file_dir = tmp_path / "f"
+    file_dir.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train(small_model(), BinaryChain(0.5, 0.8), tiny(iters=2), out_dir=file_dir, progress=False)

@@ -50,6 +50,7 @@ from training.chains import InContextChain, MarkovChain, add_pseudocount_probs, 
 from training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from training.config import ModelConfig
 from training.inits import apply_init
+from training.locks import lock_directory
 from training.model import MarkovTransformer
 from training.options import RunConfig
 from training.recipe import TrainConfig
@@ -789,6 +790,27 @@ def train_ensemble(
         named = [str(d.resolve()) for d in dirs if d is not None]
         if len(set(named)) != len(named):
             raise ValueError("two ensemble members were given the same out_dir")
+    for d in dirs:
+        if d is not None and d.exists() and not d.is_dir():
+            raise ValueError(f"out_dir {d} is a file; a run directory must be a directory")
+    with contextlib.ExitStack() as held:  # one process per run directory at a time
+        for d in dirs:
+            if d is not None:
+                held.enter_context(lock_directory(d, purpose="training run"))
+        return _train_locked(mem, dirs, train_config, resume, force, progress, stop_at, timings)
+
+
+def _train_locked(
+    mem: list[Member],
+    dirs: list[Path | None],
+    train_config: TrainConfig,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    stop_at: int | None,
+    timings: dict[str, float] | None,
+) -> list[TrainResult]:
+    """train_ensemble once its inputs are checked and its run directories locked."""
     device = resolve_device(train_config.device)
 
     results: list[TrainResult | None] = [None] * len(mem)
