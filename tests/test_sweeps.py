@@ -202,3 +202,38 @@ def test_worker_processes_give_the_same_results_as_one_process(tmp_path):
     one = run_sweep(spec(seeds=1), tmp_path / "one", workers=1, progress=False)
     two = run_sweep(spec(seeds=1), tmp_path / "two", workers=2, progress=False)
     assert [r["final_eval_loss"] for r in one.rows] == [r["final_eval_loss"] for r in two.rows]
+
+
+def test_a_directory_of_another_spec_is_refused_without_force(tmp_path, capsys):
+    """v1 replaced results.csv and the aggregate when a second spec ran in the same
+    directory; now: same spec resumes, another spec is refused unless forced."""
+    from interp.cli import main
+
+    small = spec(chain={"p": 0.5, "q": 0.8}, model={"layers": 1, "d_model": 8}, seeds=[0])
+    out = tmp_path / "s"
+    run_sweep(small, out, workers=1, progress=False)
+    before = (out / "results.csv").read_text()
+    again = run_sweep(small, out, workers=1, progress=False)  # same spec: resumed, nothing new
+    assert len(again.rows) == 1 and (out / "results.csv").read_text() == before
+    other = small | {"seeds": [0, 1]}
+    with pytest.raises(FileExistsError, match="another spec"):
+        run_sweep(other, out, workers=1, progress=False)
+    assert (out / "results.csv").read_text() == before
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another spec" in err[0] and "--force" in err[0]
+    forced = run_sweep(other, out, workers=1, progress=False, force=True)
+    assert len(forced.rows) == 2
+    assert json.loads((out / "sweep.json").read_text())["previous_specs"] == [small]
+
+
+def test_a_reproduction_at_another_size_is_refused(tmp_path):
+    from training.experiments import reproduce
+
+    reproduce("depth", tmp_path / "d", size="test", seeds=1, workers=1, progress=False)
+    summary = (tmp_path / "d" / "summary.md").read_text()
+    with pytest.raises(FileExistsError, match="another spec"):
+        reproduce("depth", tmp_path / "d", size="test", seeds=2, workers=1, progress=False)
+    assert (tmp_path / "d" / "summary.md").read_text() == summary

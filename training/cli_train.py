@@ -307,6 +307,9 @@ def _register_sweep(subparsers) -> None:
     )
     p.add_argument("--address", help="Ray cluster address (with --backend ray)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument(
+        "--force", action="store_true", help="run SPEC in a DIR that holds a sweep of another spec"
+    )
     p.set_defaults(func=run_sweep_cmd)
 
 
@@ -330,7 +333,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
         from training.ray_backend import RayBackend
 
         backend = RayBackend(address=args.address)
-    result = run_sweep(spec, args.out, workers=args.workers, backend=backend)
+    result = run_sweep(spec, args.out, workers=args.workers, backend=backend, force=args.force)
     print((Path(args.out) / "aggregate.md").read_text(), end="")
     for key, path in result.files.items():
         print(f"{key}: {path}")
@@ -363,6 +366,11 @@ def _register_reproduce(subparsers) -> None:
     p.add_argument("--seeds", type=int, help="seeds per cell (default: 3)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME[-SIZE])")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a DIR that holds this experiment at another size or seed count",
+    )
     p.set_defaults(func=run_reproduce)
 
 
@@ -374,7 +382,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     size = args.size or ("quick" if args.quick else "full")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    rep = reproduce(args.name, args.out, size=size, seeds=args.seeds, workers=args.workers)
+    rep = reproduce(
+        args.name, args.out, size=size, seeds=args.seeds, workers=args.workers, force=args.force
+    )
     cols = [
         "seeds",
         "bigram",

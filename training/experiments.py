@@ -720,10 +720,12 @@ def reproduce(
     seeds: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Reproduction:
     """Run experiment `name` (see EXPERIMENTS) at `size` with `seeds` seeds per cell (default:
     default_seeds) and write figures, summary.csv and summary.md to out_dir (default
-    runs/NAME or runs/NAME-SIZE)."""
+    runs/NAME or runs/NAME-SIZE). An out_dir holding this experiment at another size or seed
+    count is refused (FileExistsError) unless force=True (see run_sweep)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}")
     if size not in SIZES:
@@ -740,7 +742,9 @@ def reproduce(
     make_specs, report, description = EXPERIMENTS[name]
     specs = make_specs(size, n_seeds)
     t0 = time.perf_counter()
-    result: SweepResult = run_sweep(specs, out / "sweep", workers=workers, progress=progress)
+    result: SweepResult = run_sweep(
+        specs, out / "sweep", workers=workers, progress=progress, force=force
+    )
     wall = time.perf_counter() - t0
     table, claims, figures = report(result.rows, out)
     files = {"summary_csv": write_csv(out / "summary.csv", table)}

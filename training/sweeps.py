@@ -400,10 +400,15 @@ def run_sweep(
     backend: str | Callable[..., Iterable[dict]] = "local",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> SweepResult:
     """Expand `spec` (a dict, list of dicts, or a YAML/JSON path), run the runs not yet
     finished with `backend` (a name or a backend object, see get_backend), and write
-    results.csv and the aggregate. Returns SweepResult."""
+    results.csv and the aggregate. Returns SweepResult.
+
+    out_dir holding a sweep of the same spec: it is resumed. Of another spec: FileExistsError
+    (its results.csv and aggregate would be replaced) unless force=True, which records the
+    old spec in sweep.json's previous_specs and keeps its run directories."""
     if isinstance(spec, (str, os.PathLike)):
         spec = load_spec(spec)
     run_backend = get_backend(backend)
@@ -411,10 +416,18 @@ def run_sweep(
     tasks = expand(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     with lock_directory(out, "sweep"):  # a second sweep on `out` is refused, naming this one
+        spec = json.loads(json.dumps(spec))  # as sweep.json stores it (lists, not tuples)
         record = {"spec": spec, "tasks": [t.to_dict() for t in tasks]}
         previous = out / "sweep.json"
         if previous.exists():
             old = read_json(previous)
+            if old.get("spec") != spec and not force:
+                n_old = len(old.get("tasks") or [])
+                raise FileExistsError(
+                    f"{out} holds a sweep of another spec ({n_old} runs); its results.csv and "
+                    "aggregate would be replaced: choose another directory, or pass --force "
+                    "(force=True) to run this spec there (the old runs are kept)"
+                )
             if old.get("spec") != spec:
                 record["previous_specs"] = old.get("previous_specs", []) + [old.get("spec")]
         write_json_atomic(previous, record)
