@@ -117,3 +117,16 @@ def test_bad_kernel_files(capsys, tmp_path):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["chain", "--kernel", str(bad_rows)]) == 2
     assert "kernel row [0] sums to 1.1" in capsys.readouterr().err
+
+
+def test_plot_never_replaces_a_file_without_force(tmp_path, capsys):
+    from interp.cli import main
+
+    target = tmp_path / "mine.png"
+    target.write_bytes(b"a figure of mine")
+    assert main(["chain", "--p", "0.5", "--q", "0.8", "--plot", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists; pass --force" in err[0]
+    assert target.read_bytes() == b"a figure of mine"
+    assert main(["chain", "--p", "0.5", "--q", "0.8", "--plot", str(target), "--force"]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

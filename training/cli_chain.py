@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from training.chains import (
 from training.references import in_context_losses, reference_losses
 
 # which options each way of naming a chain accepts (argparse dests; others must be unset)
-COMMON = {"init", "json", "plot", "length", "seed"}
+COMMON = {"init", "json", "plot", "force", "length", "seed"}
 MODES = {
     "in-context": {"states", "order", "alpha", "doubly_stochastic", "n_sequences", "beta"},
     "lag": {"p", "q"},
@@ -69,6 +70,7 @@ def register(subparsers) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--plot", metavar="FILE.png", help="samples and empirical vs true kernel")
+    out.add_argument("--force", action="store_true", help="replace an existing --plot FILE")
     p.set_defaults(func=run)
 
 
@@ -156,6 +158,8 @@ def chain_from_args(args: argparse.Namespace) -> MarkovChain:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot and os.path.exists(args.plot) and not args.force:
+        raise FileExistsError(f"{args.plot} exists; pass --force to replace it")
     chain = chain_from_args(args)
     seed = 0 if args.seed is None else args.seed
     if isinstance(chain, InContextChain):
