@@ -84,7 +84,15 @@ def test_tying_reproduction_writes_figures_csv_and_markdown(tmp_path):
     [
         ("depth", ["final_loss_vs_depth.png"]),
         ("second-order", ["final_loss_vs_window.png"]),
-        ("phase-diagram", ["phase_unigram_fraction.png", "phase_plateau_exit.png"]),
+        (
+            "phase-diagram",
+            [
+                "phase_unigram_fraction.png",
+                "phase_plateau_fraction.png",
+                "phase_plateau_steps.png",
+                "phase_plateau_exit.png",
+            ],
+        ),
     ],
 )
 def test_other_reproductions_at_test_size(tmp_path, name, figures):
@@ -93,6 +101,12 @@ def test_other_reproductions_at_test_size(tmp_path, name, figures):
         assert (tmp_path / fig).read_bytes()[:8] == PNG
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "summary.md").exists()
     assert rep.claims and all(c["runs"] >= 1 for c in rep.claims)
+    assert all(c["status"] in ("held", "not held", "undecided") for c in rep.claims)
+    if name == "second-order":  # which order each run reached, per cell
+        labels = {r["order_labels"] for r in rep.table}
+        assert all(
+            lbl.split(" ")[0] in ("order-2", "order-1", "marginal", "neither") for lbl in labels
+        )
 
 
 def test_reproduce_errors(tmp_path):

@@ -569,3 +569,37 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, capsys):
     file_dir.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         train(small_model(), BinaryChain(0.5, 0.8), tiny(iters=2), out_dir=file_dir, progress=False)
+
+
+def test_order_k_runs_are_labelled_with_the_order_they_reach():
+    """Constructed predictors on order-2 chains: optimal, first-order (which v1 called
+    "bigram" when it missed less than 20% of the gap), marginal, uniform."""
+    from training.chains import KthOrderChain
+    from training.references import order_j_loss
+    from training.verdicts import order_reached, summarise_metrics
+
+    L = [0.70, 0.52, 0.50]  # first order misses 10% of the gap L0 - L2
+    assert order_reached(0.0, L)["order_label"] == "order-2 (optimal)"
+    first = order_reached(L[1] - L[2], L)
+    assert first["order_label"] == "order-1" and first["order_reached"] == 1
+    assert first["order_excess"] == pytest.approx([L[1] - L[0], 0.0, L[1] - L[2]])
+    assert order_reached(L[0] - L[2], L)["order_label"] == "marginal"
+    assert order_reached(math.log(2) - L[2], L)["order_label"] == "marginal"  # 0.69 vs 0.70
+    assert order_reached(0.4, L)["order_label"] == "neither"  # worse than the marginal
+    assert order_reached(None, L)["order_label"] == "neither"
+    # the summary's verdict: the first-order predictor passes v1's rule (r = 0.1) but is not
+    # "bigram" on an order-2 chain
+    gap = L[0] - L[2]
+    rec = {"step": 400, "kl": L[1] - L[2], "rel_excess": 0.1, "rel_unigram": 0.9, "dependence": 0.9}
+    judged = summarise_metrics([rec], gap, order_losses=L)
+    assert judged["verdict"] == "neither" and judged["order_label"] == "order-1"
+    opt = summarise_metrics([rec | {"kl": 0.001, "rel_excess": 0.05}], gap, order_losses=L)
+    assert opt["verdict"] == "bigram" and opt["order_label"] == "order-2 (optimal)"
+    # the paper's lag-2 chain: order 1 adds nothing (L1 = L0), so it is never the label
+    lag = [order_j_loss(KthOrderChain.lag(2, 0.2, 0.3), j) for j in range(3)]
+    assert lag[0] == pytest.approx(lag[1])
+    assert order_reached(lag[1] - lag[2], lag)["order_label"] == "marginal"
+    assert order_reached(0.0, lag)["order_label"] == "order-2 (optimal)"
+    # first-order chains: order-1 is the familiar bigram rule (r <= 0.2)
+    assert order_reached(0.019, [0.7, 0.6])["order_label"] == "order-1 (optimal)"
+    assert order_reached(0.021, [0.7, 0.6])["order_label"] == "neither"

@@ -231,6 +231,15 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def _label_counts(rows: list[dict]) -> str:
+    """'order-2 (optimal) 3, marginal 2': how many runs reached which order (verdicts)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        label = r.get("order_label") or "?"
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """One row per cell: seeds, verdict counts (the unigram fraction with its Wilson 95%
     interval), the excess loss over the true predictor on the same evaluation tokens (the
@@ -254,6 +263,11 @@ def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
             "unigram": sum(r.get("verdict") == "unigram" for r in fin),
             "neither": sum(r.get("verdict") == "neither" for r in fin),
             "unigram_fraction": fmt_fraction(n_uni, len(fin)),
+            **(
+                {"order_labels": _label_counts(fin)}
+                if any((r.get("order") or 1) >= 2 for r in group)
+                else {}
+            ),
             "excess_loss": fmt_interval(bootstrap_interval([r.get("final_kl") for r in fin]), 5),
             "loss_mean": mean,
             "loss_std": std,

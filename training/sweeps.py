@@ -63,6 +63,7 @@ VERDICTS = ("bigram", "unigram", "neither")
 SUMMARY_COLUMNS = (
     "status",
     "verdict",
+    "order_label",
     "final_eval_loss",
     "entropy_rate",
     "unigram_loss",
@@ -295,6 +296,11 @@ def _row(task: RunTask | dict, summary: dict | None, error: str | None = None) -
                 break
             row[key] = value
     summary = summary or {}
+    order_losses = (summary.get("references") or {}).get("order_losses")
+    if "order_label" not in summary and order_losses and summary.get("final_kl") is not None:
+        from training.verdicts import order_reached  # a run summarised before order labels
+
+        summary = summary | order_reached(summary["final_kl"], order_losses)
     for key in SUMMARY_COLUMNS:
         row[key] = summary.get(key)
     if error is not None:

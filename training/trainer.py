@@ -627,7 +627,7 @@ def _diverged(run_dir, step, loss_value, lr, metrics, refs, seed, wall_seconds) 
 
 def _summary(metrics, refs, gap, chain, train_config, seed, wall_seconds, device, model) -> dict:
     last = metrics[-1]
-    judged = summarise_metrics(metrics, gap, VerdictRule())
+    judged = summarise_metrics(metrics, gap, VerdictRule(), refs.get("order_losses"))
     out = {
         "status": "finished",
         "verdict": judged["verdict"],
@@ -643,6 +643,7 @@ def _summary(metrics, refs, gap, chain, train_config, seed, wall_seconds, device
         "plateau_exit_step": judged["plateau_exit_step"],
         "plateau_steps": judged["plateau_steps"],
         "plateau_first_step": judged["plateau_first_step"],
+        **{k: judged[k] for k in ("order_label", "order_reached", "order_excess") if k in judged},
         "steps": train_config.iters,
         "seed": seed,
         "wall_seconds": wall_seconds,

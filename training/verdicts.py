@@ -22,6 +22,17 @@ d <= 0.2 (then r is near 1); otherwise "neither". If gap < 1e-4 nats the two ref
 coincide (p + q = 1: an i.i.d. chain) and the verdict is "bigram" when KL <= 1e-3, else
 "neither".
 
+Order reached (fixed chains of order k; L_j = order_losses[j], the best loss from the last j
+tokens, L_0 = H(pi), L_k = L*): the excess over the order-j predictor is e_j = KL - (L_j - L_k)
+(in expectation the model's loss minus L_j; negative when the model does better). Order j >= 1
+is reached when -0.2 (L_j - L_{j+1}) <= e_j <= 0.2 (L_{j-1} - L_j) (bigram_max_excess: within
+20% of the step order j adds, and not 20% of the next step beyond it), order 0 (the marginal)
+when -0.2 (L_0 - L_1) <= e_0 <= unigram_max_distance * gap; orders that add less than min_gap
+nats are not told apart from the order below (their steps are merged). The run is labelled
+with the highest order reached: "order-k (optimal)", "order-j", "marginal", or "neither". For k >= 2,
+"bigram" also requires order k: a first-order predictor on a full-history order-2 chain
+(about 10% of the gap above L*, within the 0.2 rule) is "neither", labelled "order-1".
+
 Plateau (REFERENCE.md section 3): ``plateau_exit_step`` is the first evaluated step with
 r < 1/2 (eval loss below the midpoint of L* and L_u) after an evaluation with r >= 1/2, None
 if that never happens (also when the run starts below the midpoint). ``plateau_steps`` counts
@@ -136,11 +147,54 @@ def relative(value: float | None, gap: float) -> float | None:
     return ratio if math.isfinite(ratio) else None
 
 
+def order_reached(
+    kl: float | None, order_losses: list[float], rule: VerdictRule | None = None
+) -> dict[str, Any]:
+    """Which order-j predictor a model with excess KL `kl` (nats, over the optimal order-k
+    predictor) reaches (see the module): order_excess [e_0..e_k] (nats), order_reached (j or
+    None) and order_label."""
+    rule = rule or VerdictRule()
+    k = len(order_losses) - 1
+    if k < 0 or not _finite(kl):
+        return {"order_excess": None, "order_reached": None, "order_label": "neither"}
+    L = [float(x) for x in order_losses]
+    excess = [float(kl) - (L[j] - L[k]) for j in range(k + 1)]
+    # the orders that can be told apart: each improves on the previous one by >= min_gap
+    orders = [0]
+    for j in range(1, k + 1):
+        if L[orders[-1]] - L[j] >= rule.min_gap:
+            orders.append(j)
+    reached = None
+    for i, j in enumerate(orders):
+        below = L[orders[i - 1]] - L[j] if i else None  # the step this order adds
+        above = L[j] - L[orders[i + 1]] if i + 1 < len(orders) else None  # the next step
+        upper = (
+            rule.unigram_max_distance * (L[0] - L[k]) if j == 0 else rule.bigram_max_excess * below
+        )
+        lower = -rule.bigram_max_excess * above if above is not None else -math.inf
+        if j == 0 and len(orders) == 1:
+            upper = rule.degenerate_max_kl  # nothing to tell apart: an i.i.d. source
+        if lower <= excess[j] <= upper:
+            reached = j
+    if reached is None:
+        label = "neither"
+    elif reached == 0:
+        label = "marginal"
+    else:
+        label = f"order-{reached}" + (" (optimal)" if reached == k else "")
+    return {"order_excess": excess, "order_reached": reached, "order_label": label}
+
+
 def summarise_metrics(
-    metrics: list[dict[str, Any]], gap: float, rule: VerdictRule | None = None
+    metrics: list[dict[str, Any]],
+    gap: float,
+    rule: VerdictRule | None = None,
+    order_losses: list[float] | None = None,
 ) -> dict[str, Any]:
     """Verdict and plateau statistics from a run's metric records (each with step, kl,
-    rel_excess, rel_unigram, dependence). The verdict uses the last record."""
+    rel_excess, rel_unigram, dependence). The verdict uses the last record. With the chain's
+    order_losses (fixed chains), also the order reached (order_reached); for order >= 2,
+    "bigram" then needs the optimal order."""
     rule = rule or VerdictRule()
     if not metrics:
         raise ValueError("no metric records to summarise")
@@ -155,6 +209,11 @@ def summarise_metrics(
             rule=rule,
         )
     }
+    if order_losses:
+        out |= order_reached(last.get("kl"), order_losses, rule)
+        k = len(order_losses) - 1
+        if k >= 2 and out["verdict"] == "bigram" and out["order_reached"] != k:
+            out["verdict"] = "neither"
     if gap >= rule.min_gap:
         out |= plateau_stats(
             [m["step"] for m in metrics],
