@@ -351,3 +351,21 @@ def test_default_device(tmp_path):
     model = load_checkpoint(path)
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert model.W_E.device.type == want and model.cfg.device.startswith(want)
+
+
+def test_checkpoints_follow_the_users_umask(tmp_path):
+    """v1 wrote checkpoint folders 0700 and weights 0600 (other users of a shared file
+    system or a Ray cluster could not read them); now the umask decides, like every file."""
+    import os
+
+    from training.checkpoints import save_checkpoint
+
+    model = MarkovTransformer(ModelConfig.paper(n_ctx=8), seed=0)
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c", model, metadata={"step": 0})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o755
+    for f in path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f.name

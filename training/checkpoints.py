@@ -83,6 +83,19 @@ def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: MarkovTransformer,
@@ -127,6 +140,10 @@ def save_checkpoint(
             json.dump(manifest, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        mask = _umask()  # mkdtemp makes 0700: give the checkpoint the user's usual modes
+        os.chmod(tmp, 0o777 & ~mask)
+        for name in [*files, MANIFEST]:
+            os.chmod(tmp / name, 0o666 & ~mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
