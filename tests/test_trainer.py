@@ -603,3 +603,19 @@ def test_order_k_runs_are_labelled_with_the_order_they_reach():
     # first-order chains: order-1 is the familiar bigram rule (r <= 0.2)
     assert order_reached(0.019, [0.7, 0.6])["order_label"] == "order-1 (optimal)"
     assert order_reached(0.021, [0.7, 0.6])["order_label"] == "neither"
+
+
+def test_force_clears_the_old_models_analyses(tmp_path):
+    run_dir = tmp_path / "r"
+    train(small_model(), BinaryChain(0.5, 0.8), tiny(iters=2), out_dir=run_dir, progress=False)
+    (run_dir / "interp").mkdir()
+    (run_dir / "interp" / "explain.json").write_text("{}")  # of the model about to be replaced
+    train(
+        small_model(),
+        BinaryChain(0.5, 0.8),
+        tiny(iters=2),
+        out_dir=run_dir,
+        progress=False,
+        force=True,
+    )
+    assert not (run_dir / "interp").exists() and (run_dir / "summary.json").exists()

@@ -452,7 +452,8 @@ def _config_differences(saved: dict, new: dict) -> list[str]:
 def _prepare_run_dir(out_dir: Path, config: dict, resume: bool, force: bool) -> bool:
     """Check/create the run directory. Returns True when the run is already finished (and
     resume was asked for), so there is nothing to do."""
-    ours = [out_dir / n for n in (CONFIG, METRICS, SUMMARY, CHECKPOINTS)]
+    # interp/: analyses of the old model (markov-lens explain, patch, ...), stale after --force
+    ours = [out_dir / n for n in (CONFIG, METRICS, SUMMARY, CHECKPOINTS, "interp")]
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a directory")
     has_config = (out_dir / CONFIG).exists()
