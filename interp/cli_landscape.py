@@ -251,6 +251,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     if args.span < 0:
         raise ValueError(f"--span must be >= 0, got {args.span}")
+    for name in ("n_sequences", "seq_len"):  # None: the default; 0 is not "default"
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if mode == "run" and (args.p is not None or args.q is not None):
         raise ValueError("RUN_DIR takes its chain from the run: drop --p/--q")
     if mode != "run" and args.step is not None:

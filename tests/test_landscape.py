@@ -328,6 +328,11 @@ def test_cli_input_errors(tmp_path, capsys):
     assert "drop --p/--q" in capsys.readouterr().err
     assert main(["landscape", "--reduced", "--p", "0.5", "--q", "0.8", "--step", "3"]) == 2
     assert "needs RUN_DIR" in capsys.readouterr().err
+    out = tmp_path / "z"
+    args = ["landscape", "--theta-pi", "--p", "0.5", "--q", "0.8", "--out", str(out)]
+    assert main(args + ["--n-sequences", "0"]) == 2  # v1: silently 2048
+    assert "--n-sequences must be >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_init_escape_study_counts_the_trainers_verdicts():
