@@ -237,3 +237,22 @@ def test_a_reproduction_at_another_size_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match="another spec"):
         reproduce("depth", tmp_path / "d", size="test", seeds=2, workers=1, progress=False)
     assert (tmp_path / "d" / "summary.md").read_text() == summary
+
+
+def test_a_repeated_key_in_a_spec_is_an_error(tmp_path):
+    """v1 accepted `seeds` twice (the last won, silently)."""
+    y = tmp_path / "s.yaml"
+    y.write_text("chain: {p: 0.5, q: 0.8}\nseeds: [0, 1]\nmodel: {d_model: 8}\nseeds: [5]\n")
+    with pytest.raises(ValueError, match=r"key 'seeds' appears twice in one mapping \(line 4\)"):
+        load_spec(y)
+    j = tmp_path / "s.json"
+    j.write_text('{"chain": {"p": 0.5, "p": 0.6, "q": 0.8}}')
+    with pytest.raises(ValueError, match="key 'p' appears twice"):
+        load_spec(j)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("chain: {p: [0.2, 0.5], q: 0.8}\nmodel: {tie: [true, false]}\nseeds: 2\n")
+    assert load_spec(ok) == {
+        "chain": {"p": [0.2, 0.5], "q": 0.8},
+        "model": {"tie": [True, False]},
+        "seeds": 2,
+    }

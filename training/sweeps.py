@@ -140,12 +140,38 @@ def load_spec(path: str | os.PathLike) -> dict | list:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
+        base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+        class UniqueKeys(base):  # a repeated key would silently keep only its last value
+            def construct_mapping(self, node, deep=False):
+                seen = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise ValueError(
+                            f"{path}: key {key!r} appears twice in one mapping (line "
+                            f"{key_node.start_mark.line + 1}); give each key once"
+                        )
+                    seen.add(key)
+                return super().construct_mapping(node, deep=deep)
+
+        UniqueKeys.add_constructor(
+            yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeys.construct_mapping
+        )
         try:
-            return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            return yaml.load(text, Loader=UniqueKeys)
         except (yaml.YAMLError, RecursionError) as err:
             raise ValueError(f"{path} is not valid YAML: {str(err)[:200]}") from None
+
+    def unique(pairs: list) -> dict:
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if keys.count(k) > 1:
+                raise ValueError(f"{path}: key {k!r} appears twice in one object; give it once")
+        return dict(pairs)
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique)
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
 
