@@ -183,3 +183,26 @@ def test_report_renders_in_headless_chromium(report_path, tmp_path):
     # anything the page itself writes to the console shows up in Chromium's log
     console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == [], console
+
+
+def test_report_refuses_malformed_run_files(run_dir, tmp_path, capsys):
+    """v1 rendered a wrongly typed summary.json as "verdict 42" with exit 0."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    summary = json.loads((bad / "summary.json").read_text())
+    (bad / "summary.json").write_text(json.dumps(summary | {"verdict": 42}))
+    args = ["report", str(bad), "--out", str(tmp_path / "r.html"), "--no-probes"]
+    args += ["--no-patching", "--no-landscape", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "summary.json: field 'verdict' must be one of" in err[0]
+    assert not (tmp_path / "r.html").exists()
+    (bad / "summary.json").write_text(json.dumps(summary))
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1]) | {"eval_loss": "abc"}
+    (bad / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.jsonl:2: field 'eval_loss' must be a number" in err[0]

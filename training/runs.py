@@ -64,6 +64,43 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+SUMMARY_NUMBERS = (
+    "final_eval_loss",
+    "entropy_rate",
+    "unigram_loss",
+    "gap",
+    "final_kl",
+    "final_rel_excess",
+    "final_dependence",
+    "wall_seconds",
+    "p_hat",
+    "q_hat",
+)
+METRIC_NUMBERS = ("eval_loss", "kl", "rel_excess", "rel_unigram", "dependence", "train_loss", "lr")
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def check_summary(summary: dict[str, Any], path: Path | str) -> None:
+    """ValueError naming the file and field when a summary.json field has the wrong type
+    (a report must never render "verdict 42" or "final_eval_loss abc")."""
+    from training.verdicts import VERDICTS
+
+    status = summary.get("status", "finished")
+    if status not in ("finished", "paused", "diverged"):
+        raise ValueError(f"{path}: field 'status' must be finished/paused/diverged, got {status!r}")
+    if "verdict" in summary and summary["verdict"] not in VERDICTS:
+        raise ValueError(
+            f"{path}: field 'verdict' must be one of {'/'.join(VERDICTS)}, "
+            f"got {summary['verdict']!r}"
+        )
+    for key in SUMMARY_NUMBERS:
+        if key in summary and not _number_or_none(summary[key]):
+            raise ValueError(f"{path}: field {key!r} must be a number, got {summary[key]!r}")
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file. A last line cut short (a process killed while
     writing it) is ignored; a bad line anywhere else is an error."""
@@ -86,6 +123,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{path}:{i + 1} is not a metric record (a JSON object with an integer step)"
             )
+        for key in METRIC_NUMBERS:
+            if key in record and not _number_or_none(record[key]):
+                raise ValueError(
+                    f"{path}:{i + 1}: field {key!r} must be a number, got {record[key]!r}"
+                )
         out.append(record)
     return out
 
@@ -153,6 +195,7 @@ class Run:
         summary = read_json(path)
         if not isinstance(summary, dict):
             raise ValueError(f"{path} is not a run summary (a JSON object)")
+        check_summary(summary, path)
         return summary
 
     def config_dict(self) -> dict[str, Any]:
