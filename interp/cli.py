@@ -75,12 +75,20 @@ def declared_commands(module: str) -> tuple[tuple[str, dict], ...] | None:
     return tuple(commands) or None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`markov-lens CMD: error: ...`, exit 2), not a
+    usage block; `--help` still prints the full usage. Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``markov-lens`` parser. Without ``argv``, every command module is imported and
     registers its commands. With ``argv``, only the module of the command it names is: the
     others are listed by name and help (enough for ``--help`` and argparse's errors) and
     cannot run."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="markov-lens",
         description="Train transformers on Markov chains and see what they learnt.",
     )

@@ -104,7 +104,10 @@ def _require(args: argparse.Namespace, mode: str, *names: str) -> None:
 
 
 def _load_kernel(path: str) -> list:
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--kernel {path}: not a text file ({err})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

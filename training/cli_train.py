@@ -201,6 +201,17 @@ def train_document(args: argparse.Namespace) -> dict:
     doc = _load_config_file(args.config) if args.config else {}
     if args.resume and not args.config and (Path(args.out) / CONFIG).exists():
         doc = read_json(Path(args.out) / CONFIG)  # `--resume --out DIR`: the run's own config
+    elif (
+        args.resume
+        and not args.config
+        and not any(getattr(args, dest) is not None for dest in CHAIN_FLAGS)
+    ):  # nothing to resume and no chain named: say what is wrong with DIR
+        out = Path(args.out)
+        if not out.exists():
+            raise FileNotFoundError(f"--resume: {out} does not exist, so there is no run to resume")
+        if not out.is_dir():
+            raise ValueError(f"--resume: {out} is a file, not a run directory")
+        raise FileNotFoundError(f"--resume: {out} holds no run ({CONFIG} is missing)")
     doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in doc.items()}
     chain_flags = {
         key: getattr(args, dest)

@@ -752,6 +752,8 @@ def reproduce(
         if out_dir is not None
         else Path("runs") / (name if size == "full" else f"{name}-{size}")
     )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; a reproduction's output must be a directory")
     out.mkdir(parents=True, exist_ok=True)
     make_specs, report, description = EXPERIMENTS[name]
     specs = make_specs(size, n_seeds)

@@ -107,7 +107,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text file: {err}") from None
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -230,6 +233,8 @@ def parse_run_config(d: Any, where: str = "config") -> tuple:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read the run directory `run_dir` (it must hold config.json)."""
     path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a run directory")
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {path} does not exist")
     if not (path / CONFIG).exists():

@@ -161,7 +161,8 @@ def load_spec(path: str | os.PathLike) -> dict | list:
         try:
             return yaml.load(text, Loader=UniqueKeys)
         except (yaml.YAMLError, RecursionError) as err:
-            raise ValueError(f"{path} is not valid YAML: {str(err)[:200]}") from None
+            reason = " ".join(str(err).split())[:200]  # one line, however YAML words it
+            raise ValueError(f"{path} is not valid YAML: {reason}") from None
 
     def unique(pairs: list) -> dict:
         keys = [k for k, _ in pairs]
@@ -445,6 +446,8 @@ def run_sweep(
         spec = load_spec(spec)
     run_backend = get_backend(backend)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; a sweep's output must be a directory")
     tasks = expand(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     with lock_directory(out, "sweep"):  # a second sweep on `out` is refused, naming this one
