@@ -485,7 +485,7 @@ def test_other_chain_families_train_and_get_references():
     ic = train(small_model(), InContextChain(states=2), tiny(iters=6), progress=False)
     refs = ic["references"]
     assert refs["kind"] == "in_context" and refs["optimal_loss"] < refs["unigram_loss"]
-    assert ic["verdict"] in ("bigram", "unigram", "neither")
+    assert ic["verdict"] == "neither" and ic["final_rel_excess"] > 0.2  # 6 updates: not learnt
     s5 = train(
         small_model(d_vocab=5), KthOrderChain.symmetric(5, 0.1), tiny(iters=6), progress=False
     )

@@ -277,6 +277,15 @@ def information(means: Float[Tensor, "M S"], weights: Float[Tensor, " M"]) -> fl
     return float((weights * kl.sum(-1)).sum())
 
 
+def context_information(probs: list[Float[Tensor, "batch pos_m1 S"]]) -> float:
+    """mean_n KL(p_n || mean p), nats: how much the predictions vary with their whole context
+    (0 for a context-free predictor, however it reads the context)."""
+    p = torch.cat([x.reshape(-1, x.shape[-1]) for x in probs]).double()
+    mbar = p.mean(0)
+    kl = torch.special.xlogy(p, p) - torch.special.xlogy(p, mbar.clamp_min(1e-300))
+    return float(kl.sum(-1).mean())
+
+
 def _kl_rows(true: Tensor, logp: Tensor) -> Tensor:
     """KL(true || exp(logp)) over the last dim (0 log 0 = 0)."""
     return (torch.special.xlogy(true, true) - true * logp).sum(-1)
@@ -323,14 +332,18 @@ def evaluate(
         means, weights = eval_set.group_means(preds)
         true_info = eval_set.true_information
         out["dependence"] = information(means, weights) / true_info if true_info > 1e-12 else None
+        out["context_dependence"] = (
+            context_information(preds) / true_info if true_info > 1e-12 else None
+        )
         if eval_set.S == 2 and eval_set.k == 1:
             out["p_hat"] = float(means[0, 1])
             out["q_hat"] = float(means[1, 0])
         elif means.numel() <= 64:
             out["kernel_hat"] = means.tolist()
     if not math.isfinite(out["eval_loss"]):
-        for key in ("rel_excess", "rel_unigram", "dependence"):
-            out[key] = None
+        for key in ("rel_excess", "rel_unigram", "dependence", "context_dependence"):
+            if key in out:
+                out[key] = None
     return out
 
 
@@ -640,11 +653,16 @@ def _summary(metrics, refs, gap, chain, train_config, seed, wall_seconds, device
         "final_rel_excess": last["rel_excess"],
         "final_rel_unigram": last["rel_unigram"],
         "final_dependence": last["dependence"],
+        "final_context_dependence": last.get("context_dependence"),
         "final_accuracy": last["accuracy"],
         "plateau_exit_step": judged["plateau_exit_step"],
         "plateau_steps": judged["plateau_steps"],
         "plateau_first_step": judged["plateau_first_step"],
-        **{k: judged[k] for k in ("order_label", "order_reached", "order_excess") if k in judged},
+        **{
+            k: judged[k]
+            for k in ("verdict_reason", "order_label", "order_reached", "order_excess")
+            if k in judged
+        },
         "steps": train_config.iters,
         "seed": seed,
         "wall_seconds": wall_seconds,

@@ -17,8 +17,14 @@ unigram loss). gap = L_u - L* > 0. Measured on the fixed evaluation batches:
   overall mean prediction); 1 for the kernel, 0 for any context-free prediction. In-context
   chains: u / (u + r), 1 at the Bayes predictor, 0 at the in-context unigram predictor.
 
-Verdict (VerdictRule defaults): "bigram" if r <= 0.2 and d >= 0.5; "unigram" if u <= 0.1 and
-d <= 0.2 (then r is near 1); otherwise "neither". If gap < 1e-4 nats the two references
+- context dependence c (fixed chains): mean_n KL(p_n || mean p) / I_true, how much the
+  predictions vary with their whole context; 0 for a context-free predictor. A model reading
+  x_{n-1} instead of x_n (rows of K^2; p=0.5, q=0.8: loss 0.6620 < L_u = 0.6663) has d ~ 0
+  but c ~ 0.085.
+
+Verdict (VerdictRule defaults): "bigram" if r <= 0.2 and d >= 0.5; "unigram" if u <= 0.1,
+d <= 0.2 and c <= 0.02 (the prediction does not depend on the context; then r is near 1);
+otherwise "neither" (with a verdict_reason when only c kept it from "unigram"). If gap < 1e-4 nats the two references
 coincide (p + q = 1: an i.i.d. chain) and the verdict is "bigram" when KL <= 1e-3, else
 "neither".
 
@@ -60,6 +66,7 @@ class VerdictRule:
     bigram_min_dependence: float = 0.5
     unigram_max_distance: float = 0.1
     unigram_max_dependence: float = 0.2
+    unigram_max_context: float = 0.02
     near_unigram: float = 0.1
     min_gap: float = 1e-4
     degenerate_max_kl: float = 1e-3
@@ -80,9 +87,46 @@ def verdict(
     gap: float,
     kl: float | None = None,
     rule: VerdictRule | None = None,
+    context_dependence: float | None = None,
 ) -> str:
     """ "bigram", "unigram" or "neither" from one evaluation's relative measures (see module)."""
+    return verdict_and_reason(
+        rel_excess,
+        rel_unigram,
+        dependence,
+        gap=gap,
+        kl=kl,
+        rule=rule,
+        context_dependence=context_dependence,
+    )[0]
+
+
+def verdict_and_reason(
+    rel_excess: float | None,
+    rel_unigram: float | None,
+    dependence: float | None,
+    *,
+    gap: float,
+    kl: float | None = None,
+    rule: VerdictRule | None = None,
+    context_dependence: float | None = None,
+) -> tuple[str, str | None]:
+    """verdict, and for "neither" a reason when the model is close to a label but not it."""
     rule = rule or VerdictRule()
+    label = _verdict(rel_excess, rel_unigram, dependence, gap, kl, rule)
+    if (
+        label == "unigram"
+        and _finite(context_dependence)
+        and context_dependence > rule.unigram_max_context
+    ):
+        return "neither", (
+            f"close to the unigram loss, but the prediction depends on the context "
+            f"(context dependence {context_dependence:.3f} > {rule.unigram_max_context})"
+        )
+    return label, None
+
+
+def _verdict(rel_excess, rel_unigram, dependence, gap, kl, rule) -> str:
     if gap < rule.min_gap:
         return "bigram" if _finite(kl) and kl <= rule.degenerate_max_kl else "neither"
     if not (_finite(rel_excess) and _finite(rel_unigram)):
@@ -199,16 +243,18 @@ def summarise_metrics(
     if not metrics:
         raise ValueError("no metric records to summarise")
     last = metrics[-1]
-    out = {
-        "verdict": verdict(
-            last.get("rel_excess"),
-            last.get("rel_unigram"),
-            last.get("dependence"),
-            gap=gap,
-            kl=last.get("kl"),
-            rule=rule,
-        )
-    }
+    label, reason = verdict_and_reason(
+        last.get("rel_excess"),
+        last.get("rel_unigram"),
+        last.get("dependence"),
+        gap=gap,
+        kl=last.get("kl"),
+        rule=rule,
+        context_dependence=last.get("context_dependence"),
+    )
+    out = {"verdict": label}
+    if reason:
+        out["verdict_reason"] = reason
     if order_losses:
         out |= order_reached(last.get("kl"), order_losses, rule)
         k = len(order_losses) - 1
