@@ -619,3 +619,18 @@ def test_force_clears_the_old_models_analyses(tmp_path):
         force=True,
     )
     assert not (run_dir / "interp").exists() and (run_dir / "summary.json").exists()
+
+
+def test_a_shared_eval_seed_evaluates_every_seed_on_the_same_tokens():
+    from training.trainer import EvalSet
+
+    cpu = torch.device("cpu")
+    chain = BinaryChain(0.5, 0.8)
+    own = [EvalSet(chain, tiny(), s, cpu).tokens[0] for s in (0, 1)]
+    assert not torch.equal(own[0], own[1])  # v1: each seed its own held-out batches
+    shared = [EvalSet(chain, tiny(eval_seed=7), s, cpu).tokens[0] for s in (0, 1)]
+    assert torch.equal(shared[0], shared[1])
+    a = train(small_model(), chain, tiny(iters=4, eval_seed=7), seed=0, progress=False)
+    assert a.metrics[-1]["step"] == 4  # trains and evaluates with it
+    with pytest.raises(ValueError, match="eval_seed must be an integer >= 0"):
+        tiny(eval_seed=-1)

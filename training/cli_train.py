@@ -54,6 +54,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip",
     "eval_every": "eval_every",
     "eval_batches": "eval_batches",
+    "eval_seed": "eval_seed",
     "save_every": "save_every",
     "checkpoints_per_octave": "checkpoints_per_octave",
     "precision": "precision",
@@ -182,6 +183,12 @@ def _register_train(subparsers) -> None:
     t.add_argument("--grad-clip", type=float, help="max gradient norm (none)")
     t.add_argument("--eval-every", type=int, help="updates between evaluations (10)")
     t.add_argument("--eval-batches", type=int, help="held-out batches per evaluation (2)")
+    t.add_argument(
+        "--eval-seed",
+        type=int,
+        help="seed of the held-out batches (default: the run's seed; give every run of a "
+        "comparison the same one to evaluate them on the same tokens)",
+    )
     t.add_argument("--save-every", type=int, help="updates between resume checkpoints (50)")
     t.add_argument("--checkpoints-per-octave", type=int, help="log-spaced checkpoints (1)")
     t.add_argument("--precision", choices=("fp32", "bf16"))

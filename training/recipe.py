@@ -52,6 +52,8 @@ class TrainConfig:
     eval_every: updates between evaluations on eval_batches fixed held-out batches of
     [batch, seq_len] (also at step 0 and at the end). checkpoints_per_octave: log-spaced
     checkpoints (1: steps 0, 1, 2, 4, 8, ...; 2: also ~sqrt(2) between; 0: none) plus the last.
+    eval_seed: seed of the held-out batches (None: the run's own seed; the same int for every
+    run of a sweep evaluates all seeds on the same tokens, so cells compare pair-wise).
     save_every: updates between rolling resume checkpoints ("latest"; 0: never).
     precision: "fp32", or "bf16" autocast (for CUDA). fused_attention: train through the model's
     fused attention branch (training.fused_attention: the same function without the
@@ -75,6 +77,7 @@ class TrainConfig:
     grad_clip: float | None = None
     eval_every: int = 10
     eval_batches: int = 2
+    eval_seed: int | None = None
     checkpoints_per_octave: int = 1
     save_every: int = 50
     precision: str = "fp32"
@@ -92,6 +95,8 @@ class TrainConfig:
         _positive_int("seq_len", self.seq_len, 2)
         _positive_int("checkpoints_per_octave", self.checkpoints_per_octave, 0)
         _positive_int("save_every", self.save_every, 0)
+        if self.eval_seed is not None:
+            _positive_int("eval_seed", self.eval_seed, 0)
         _finite("lr", self.lr)
         _finite("eps", self.eps, strict=True)
         _finite("weight_decay", self.weight_decay)

@@ -230,7 +230,8 @@ class EvalSet:
         self.in_context = isinstance(chain, InContextChain)
         S, k = chain.n_states, chain.order
         self.S, self.k = S, k
-        gen = make_generator(device, derive_seed(seed, STREAM_EVAL))
+        eval_seed = seed if train_config.eval_seed is None else train_config.eval_seed
+        gen = make_generator(device, derive_seed(eval_seed, STREAM_EVAL))
         self.tokens: list[Int[Tensor, "batch pos"]] = []
         self.true: list[Float[Tensor, "batch pos_m1 S"]] = []
         self.unigram: list[Float[Tensor, "batch pos_m1 S"]] = []
