@@ -588,11 +588,16 @@ def paper_prediction(p: float, q: float, tied: bool, n_layers: int) -> str | Non
 
 
 def agreement(verdict: str, prediction: str | None) -> str:
-    """'agrees', 'disagrees', 'no prediction' or 'undecided' (verdict degenerate/inconclusive)."""
+    """'agrees', 'disagrees', 'no prediction', 'undecided' (verdict degenerate/inconclusive) or,
+    for "local minimum (up to flat directions)", 'no negative curvature beyond sampling error':
+    its flat band can be far wider than lambda_min, so it neither confirms a minimum nor rules
+    out a saddle along the flat directions."""
     if prediction is None:
         return "no prediction"
     if verdict in ("inconclusive", "degenerate (flat)"):
         return "undecided"
+    if verdict == "local minimum (up to flat directions)":
+        return "no negative curvature beyond sampling error"
     minimum_like = verdict.startswith("local minimum")
     wants_minimum = prediction != "saddle"
     return "agrees" if minimum_like == wants_minimum else "disagrees"
