@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import html
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,17 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def plain(v: Any) -> str:
+    """A config value in words: "-" for unset (None), JSON for lists and dicts."""
+    if v is None:
+        return "-"
+    if isinstance(v, (list, dict, tuple)):
+        return json.dumps(v)
+    return fmt(v) if isinstance(v, float) else str(v)
+
+
 def kv_table(d: dict[str, Any]) -> str:
-    return table(
-        ["field", "value"],
-        [[k, v if isinstance(v, (int, float, str)) else repr(v)] for k, v in d.items()],
-    )
+    return table(["field", "value"], [[k, plain(v)] for k, v in d.items()])
 
 
 def page(title: str, sections: list[tuple[str, str]], header: str = "") -> str:
@@ -443,6 +450,13 @@ def section_landscape(subject: Subject, config: ReportConfig, device) -> str:
     return intro + note + table(["quantity"] + names, rows) + img(fig, "Hessian spectra")
 
 
+def _carrier_text(carrier: str | None) -> str:
+    """Which component carries the dependence on x_n to the output, in words."""
+    if carrier is None:
+        return "no single component carries the dependence on x_n"
+    return f"carried mainly by {html.escape(str(carrier))}"
+
+
 def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> str:
     """Patching, direct paths and the mechanistic verdict (``interp.explain.explain_model``)."""
     from interp.explain import ExplainConfig, explain_model
@@ -456,7 +470,7 @@ def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> st
     out = (
         f"<p>Mechanistic verdict <b>{html.escape(s['verdict'])}</b> (flipping x_n changes the "
         f"logit difference by {fmt(s['flip_ratio'], 3)} times what it changes for a perfect "
-        f"predictor; carrier: {html.escape(str(s['carrier']))}). {ec.n_seqs} sequences of "
+        f"predictor; {_carrier_text(s['carrier'])}). {ec.n_seqs} sequences of "
         f"{s['seq_len']} tokens (interp.explain).</p>"
     )
     rows = []
@@ -558,10 +572,13 @@ def build_report(
             sections.append((name, build()))
         except ValueError as err:  # the analysis does not apply to this run: say so
             sections.append((name, _error_note(name, err)))
+    settings = "; ".join(
+        f"{html.escape(str(k))} = {html.escape(plain(v))}" for k, v in config.to_dict().items()
+    )
     footer = (
-        '<p class="note">Written by <code>markov-lens report</code>; analysis settings: '
-        + html.escape(str(config.to_dict()))
-        + "</p>"
+        '<p class="note">Written by <code>markov-lens report</code>. Analysis settings: '
+        + settings
+        + ".</p>"
     )
     sections.append(("About this page", footer))
     return page(f"markov-lens report: {subject.label}", sections, head)

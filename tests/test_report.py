@@ -99,6 +99,9 @@ def test_report_has_every_section_and_is_self_contained(report_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text)
     assert "url(" not in text
     assert "bigram" in text and "theta_pi" in text and "lambda_min" in text
+    # no Python internals on the page (v1: "carrier: None", a raw dict in the footer)
+    assert "None" not in re.sub(r"<[^>]+>", " ", text)
+    assert "{'" not in text and "{&#x27;" not in text
 
 
 def test_report_refuses_to_overwrite_and_checks_the_suffix(run_dir, report_path, tmp_path):
