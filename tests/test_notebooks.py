@@ -12,6 +12,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED_PREFIXES = ["01_", "02_", "03_", "04_", "05_", "06_"]
 KERNEL = "python3"
+# figures each notebook must show (measured with the small settings)
+MIN_FIGURES = {"01": 3, "02": 6, "03": 4, "04": 4, "05": 3, "06": 5}
 
 
 def test_the_six_notebooks_exist():
@@ -46,7 +48,8 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("MARKOV_LENS_NB_SMALL", "1")
     monkeypatch.setenv("MARKOV_LENS_NB_OUT", str(tmp_path / "runs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel's inline backend, so that every figure becomes a PNG output we can count
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     book = nbformat.read(path, as_version=4)
     client = NotebookClient(
         book,
@@ -64,3 +67,12 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
         if out.get("output_type") == "error"
     ]
     assert errors == []
+    # each notebook shows its figures (v1 checked only that the cells ran)
+    pngs = [
+        i
+        for i, cell in enumerate(book.cells)
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if "image/png" in out.get("data", {})
+    ]
+    assert len(pngs) >= MIN_FIGURES[path.name[:2]], (path.name, pngs)
