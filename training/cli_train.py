@@ -168,7 +168,8 @@ def _register_train(subparsers) -> None:
         type=_window,
         metavar="M",
         default=UNSET,
-        help="attend to the last M+1 positions (the paper's --memory); none = causal",
+        help="attend to the last M+1 positions (the paper's --memory); 'none' or a negative "
+        "M (the paper's M < 0) = full causal attention",
     )
     m.add_argument("--init", choices=("paper", "theta_pi", "good"), help="initialisation")
     m.add_argument("--init-range", type=float, help="std of the paper init (0.02)")
@@ -189,8 +190,14 @@ def _register_train(subparsers) -> None:
         help="seed of the held-out batches (default: the run's seed; give every run of a "
         "comparison the same one to evaluate them on the same tokens)",
     )
-    t.add_argument("--save-every", type=int, help="updates between resume checkpoints (50)")
-    t.add_argument("--checkpoints-per-octave", type=int, help="log-spaced checkpoints (1)")
+    t.add_argument(
+        "--save-every", type=int, help="updates between resume checkpoints (50; 0: none)"
+    )
+    t.add_argument(
+        "--checkpoints-per-octave",
+        type=int,
+        help="log-spaced checkpoints per doubling of the step (1: steps 0, 1, 2, 4, ...; 0: only the last)",
+    )
     t.add_argument("--precision", choices=("fp32", "bf16"))
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=run_train)
