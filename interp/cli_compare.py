@@ -105,7 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
             cka=not args.no_cka,
         )
         _refuse_existing(out, ("timeline.png", "timeline.md", "timeline.json"), args.force)
-        tl = timeline(sources[0], config, device=_device(args.device))
+        tl = timeline(sources[0], config, device=_device(args.device), progress=True)
         files = tl.save(out, force=args.force)
         exit_step = tl.plateau_exit_step
         print(
@@ -127,7 +127,7 @@ def run_compare(args: argparse.Namespace) -> int:
             patching=not args.no_patching,
         )
         _refuse_existing(out, ("summary.md", "comparison.json"), args.force)
-        cmp = compare(sources[0], sources[1], config, device=_device(args.device))
+        cmp = compare(sources[0], sources[1], config, device=_device(args.device), progress=True)
         files = cmp.save(out, force=args.force)
         la, lb = cmp.labels
         print(
@@ -160,7 +160,12 @@ def run_report(args: argparse.Namespace) -> int:
         landscape=not args.no_landscape,
     )
     path = write_report(
-        args.run_dir, args.out, config=config, force=args.force, device=_device(args.device)
+        args.run_dir,
+        args.out,
+        config=config,
+        force=args.force,
+        device=_device(args.device),
+        progress=True,
     )
     print(f"wrote {path}")
     return 0

@@ -198,8 +198,15 @@ def run_patch(args: argparse.Namespace) -> int:
     check_outputs(out, names, args.force)
     gen = torch.Generator().manual_seed(args.seed)
     data = make_patching_data(run.chain, args.corruption, args.n_seqs, n, gen)
-    results = {d: run_patching(model, data, acts, d, args.metric) for d in directions}
-    direct = direct_path_effects(model, data, args.metric)
+    from training.progress import Stages
+
+    with Stages("markov-lens patch", len(directions) + 1) as stage:
+        results = {}
+        for d in directions:
+            stage(f"{d}: {', '.join(acts)}")
+            results[d] = run_patching(model, data, acts, d, args.metric)
+        stage("direct paths")
+        direct = direct_path_effects(model, data, args.metric)
     out.mkdir(parents=True, exist_ok=True)
     for d, res in results.items():
         title = f"{args.corruption}, {d}: normalised {args.metric} (step {step})"

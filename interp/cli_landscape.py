@@ -278,22 +278,31 @@ def run_dir_mode(args) -> int:
     n_seq = args.n_sequences or max(16, TOKENS_PER_RUN_SAMPLE // seq_len)
     cfg = _config(args, n_seq, seq_len)
     tokens = sample_tokens(chain, n_seq, seq_len, args.seed, device)
-    work = analysis_copy(model)
-    report = hessian_report(work, tokens, cfg)
-    pi = chain_marginal(chain)
-    theta_pi = init_theta_pi(analysis_copy(model), pi.to(device))
-    layout = ParamLayout.from_model(work)
-    final = layout.flatten(work).cpu()
-    t_pi = layout.flatten(theta_pi).cpu()
-    refs = _references(chain)
-    line = line_path(
-        work, layout, t_pi, final, tokens, args.points, args.span, ("theta_pi", "final")
-    )
-    steps, traj, _ = run_trajectory(run_obj, layout, device)
-    step = steps[-1] if args.step is None else args.step
-    keep = [i for i, s in enumerate(steps) if s <= step]  # the trajectory up to the analysed step
-    steps, traj = [steps[i] for i in keep], traj[keep]
-    surface, proj, points = _plane(args, work, layout, final, t_pi, traj, tokens)
+    from training.progress import Stages
+
+    with Stages("markov-lens landscape", 4) as stage:
+        stage(f"Hessian at the final checkpoint ({n_seq} sequences)")
+        work = analysis_copy(model)
+        report = hessian_report(work, tokens, cfg)
+        pi = chain_marginal(chain)
+        theta_pi = init_theta_pi(analysis_copy(model), pi.to(device))
+        layout = ParamLayout.from_model(work)
+        final = layout.flatten(work).cpu()
+        t_pi = layout.flatten(theta_pi).cpu()
+        refs = _references(chain)
+        stage("line theta_pi -> final")
+        line = line_path(
+            work, layout, t_pi, final, tokens, args.points, args.span, ("theta_pi", "final")
+        )
+        stage("training trajectory")
+        steps, traj, _ = run_trajectory(run_obj, layout, device)
+        step = steps[-1] if args.step is None else args.step
+        keep = [
+            i for i, s in enumerate(steps) if s <= step
+        ]  # the trajectory up to the analysed step
+        steps, traj = [steps[i] for i in keep], traj[keep]
+        stage("2-D loss surface")
+        surface, proj, points = _plane(args, work, layout, final, t_pi, traj, tokens)
     result = {
         "run_dir": str(run_obj.path),
         "step": step,

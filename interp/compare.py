@@ -746,86 +746,97 @@ def compare(
     device: str | torch.device | None = None,
     chain: MarkovChain | None = None,
     labels: tuple[str, str] | None = None,
+    progress: bool = False,
 ) -> Comparison:
     """Compare two models (run dirs, checkpoint dirs, Runs, models or Subjects) on the same
     inputs: behaviour, transitions, attention, heads, probes, patching, parameter distances
     and CKA (module docstring). ``chain`` supplies the chain for bare models; ``labels``
     names the two sides (default: run names, name@step for checkpoints)."""
+    from training.progress import Stages
+
     config = config or ComparisonConfig()
     device = torch.device(device) if device is not None else default_device()
-    la, lb = labels if labels is not None else (None, None)
-    sa = a if isinstance(a, Subject) else load_subject(a, chain=chain, device=device, label=la)
-    sb = b if isinstance(b, Subject) else load_subject(b, chain=chain, device=device, label=lb)
-    if sa.label == sb.label:
-        sa.label, sb.label = f"A: {sa.label}", f"B: {sb.label}"
-    sa.model.to(device).eval()
-    sb.model.to(device).eval()
-    notes: list[str] = []
-    ca, cb = sa.model.cfg, sb.model.cfg
-    if ca.d_vocab != cb.d_vocab:
-        raise ValueError(
-            f"the models read different vocabularies (d_vocab {ca.d_vocab} vs {cb.d_vocab}); "
-            "they cannot be run on the same inputs"
-        )
-    in_chain = _input_chain(sa, sb, config.input_chain, notes)
-    if in_chain.n_states != ca.d_vocab:
-        raise ValueError(
-            f"the input chain has {in_chain.n_states} states but the models read {ca.d_vocab}"
-        )
-    seq_len = config.seq_len or min(128, ca.n_ctx, cb.n_ctx)
-    if seq_len > min(ca.n_ctx, cb.n_ctx):
-        raise ValueError(
-            f"seq_len={seq_len} is longer than a model's context (n_ctx {ca.n_ctx} / {cb.n_ctx})"
-        )
-    inputs = shared_inputs(in_chain, config.n_seqs, seq_len, config.seed, device)
-    tokens = inputs.tokens[0]
-    refs = run_references(in_chain, TrainConfig(seq_len=seq_len))
-    subjects = {sa.label: sa, sb.label: sb}
+    with Stages(
+        "markov-lens compare", 3 + config.probes + config.patching, enabled=progress
+    ) as stage:
+        la, lb = labels if labels is not None else (None, None)
+        sa = a if isinstance(a, Subject) else load_subject(a, chain=chain, device=device, label=la)
+        sb = b if isinstance(b, Subject) else load_subject(b, chain=chain, device=device, label=lb)
+        if sa.label == sb.label:
+            sa.label, sb.label = f"A: {sa.label}", f"B: {sb.label}"
+        sa.model.to(device).eval()
+        sb.model.to(device).eval()
+        notes: list[str] = []
+        ca, cb = sa.model.cfg, sb.model.cfg
+        if ca.d_vocab != cb.d_vocab:
+            raise ValueError(
+                f"the models read different vocabularies (d_vocab {ca.d_vocab} vs {cb.d_vocab}); "
+                "they cannot be run on the same inputs"
+            )
+        in_chain = _input_chain(sa, sb, config.input_chain, notes)
+        if in_chain.n_states != ca.d_vocab:
+            raise ValueError(
+                f"the input chain has {in_chain.n_states} states but the models read {ca.d_vocab}"
+            )
+        seq_len = config.seq_len or min(128, ca.n_ctx, cb.n_ctx)
+        if seq_len > min(ca.n_ctx, cb.n_ctx):
+            raise ValueError(
+                f"seq_len={seq_len} is longer than a model's context (n_ctx {ca.n_ctx} / {cb.n_ctx})"
+            )
+        inputs = shared_inputs(in_chain, config.n_seqs, seq_len, config.seed, device)
+        tokens = inputs.tokens[0]
+        refs = run_references(in_chain, TrainConfig(seq_len=seq_len))
+        subjects = {sa.label: sa, sb.label: sb}
 
-    beh, probs, calib, patterns, attn, heads = {}, {}, {}, {}, {}, {}
-    n_attn = min(config.attention_positions, seq_len)
-    for label, s in subjects.items():
-        beh[label] = behaviour(s.model, inputs, refs)
-        probs[label] = predicted_probs(s.model, tokens)
-        calib[label] = calibration(inputs.true[0], probs[label])
-        full = attention_patterns(s.model, tokens)  # [L, B, H, q, k]
-        heads[label] = head_scores(full, tokens, in_chain.n_states, s.model.cfg.windows())
-        attn[label] = attention_summary(full)
-        patterns[label] = attention_patterns(s.model, tokens[:1, :n_attn])[:, 0].cpu()
-    table = transition_table(inputs, probs)
+        stage("behaviour, transitions, attention and heads on shared inputs")
+        beh, probs, calib, patterns, attn, heads = {}, {}, {}, {}, {}, {}
+        n_attn = min(config.attention_positions, seq_len)
+        for label, s in subjects.items():
+            beh[label] = behaviour(s.model, inputs, refs)
+            probs[label] = predicted_probs(s.model, tokens)
+            calib[label] = calibration(inputs.true[0], probs[label])
+            full = attention_patterns(s.model, tokens)  # [L, B, H, q, k]
+            heads[label] = head_scores(full, tokens, in_chain.n_states, s.model.cfg.windows())
+            attn[label] = attention_summary(full)
+            patterns[label] = attention_patterns(s.model, tokens[:1, :n_attn])[:, 0].cpu()
+        table = transition_table(inputs, probs)
 
-    distances = parameter_distances(sa.model, sb.model)
-    if not distances.comparable:
-        notes.append(distances.reason)
-    reps = {label: representations(s.model, tokens) for label, s in subjects.items()}
-    n_rows = tokens.numel()
-    if n_rows > config.cka_rows:
-        gen = torch.Generator().manual_seed(config.seed)
-        keep = torch.randperm(n_rows, generator=gen)[: config.cka_rows].sort().values
-        reps = {lab: {n: r[keep] for n, r in rr.items()} for lab, rr in reps.items()}
-    cka = cka_matrix(reps[sa.label], reps[sb.label])
+        stage("parameter distances")
+        distances = parameter_distances(sa.model, sb.model)
+        if not distances.comparable:
+            notes.append(distances.reason)
+        reps = {label: representations(s.model, tokens) for label, s in subjects.items()}
+        n_rows = tokens.numel()
+        if n_rows > config.cka_rows:
+            gen = torch.Generator().manual_seed(config.seed)
+            keep = torch.randperm(n_rows, generator=gen)[: config.cka_rows].sort().values
+            reps = {lab: {n: r[keep] for n, r in rr.items()} for lab, rr in reps.items()}
+        stage("CKA")
+        cka = cka_matrix(reps[sa.label], reps[sb.label])
 
-    result = Comparison(
-        a=sa,
-        b=sb,
-        config=config,
-        tokens=tokens.cpu(),
-        input_chain=in_chain,
-        references=refs,
-        behaviour=beh,
-        transitions=table,
-        calibration=calib,
-        patterns=patterns,
-        attention=attn,
-        heads=heads,
-        distances=distances,
-        cka=cka,
-        notes=notes,
-    )
-    if config.probes:
-        result.probe_rows = compare_probes(sa, sb, in_chain, config, seq_len)
-    if config.patching:
-        result.patching = compare_patching(sa, sb, in_chain, config, seq_len)
+        result = Comparison(
+            a=sa,
+            b=sb,
+            config=config,
+            tokens=tokens.cpu(),
+            input_chain=in_chain,
+            references=refs,
+            behaviour=beh,
+            transitions=table,
+            calibration=calib,
+            patterns=patterns,
+            attention=attn,
+            heads=heads,
+            distances=distances,
+            cka=cka,
+            notes=notes,
+        )
+        if config.probes:
+            stage("probes")
+            result.probe_rows = compare_probes(sa, sb, in_chain, config, seq_len)
+        if config.patching:
+            stage("patching")
+            result.patching = compare_patching(sa, sb, in_chain, config, seq_len)
     return result
 
 

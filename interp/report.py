@@ -527,60 +527,70 @@ def build_report(
     config: ReportConfig | None = None,
     *,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> str:
-    """The report of ``run_dir`` as one HTML string (module docstring)."""
+    """The report of ``run_dir`` as one HTML string (module docstring). progress: a line
+    (or a bar) per section on stderr."""
+    from training.progress import Stages
+
     config = config or ReportConfig()
     device = torch.device(device) if device is not None else default_device()
     subject = load_subject(load_run(run_dir), device=device)
-    verdict_name = (subject.summary or {}).get("verdict")
-    badge = (
-        f'<span class="badge {html.escape(verdict_name)}">{html.escape(verdict_name)}</span>'
-        if verdict_name in ("bigram", "unigram", "neither")
-        else ""
-    )
-    refs = subject.references
-    head = (
-        f"<p>{badge} run directory <code>{html.escape(str(subject.path))}</code>, "
-        f"checkpoint step {subject.step}; optimal loss L* = {refs['optimal_loss']:.4f}, "
-        f"unigram loss L_u = {refs['unigram_loss']:.4f} nats.</p>"
-    )
-    sections: list[tuple[str, str]] = [("Configuration", section_config(subject))]
-    if subject.metrics:
-        sections.append(("Training curves", img(plot_curves([subject]), "training curves")))
-    sections.append(("Verdict", section_verdict(subject)))
-    beh, tokens = section_behaviour(subject, config, device)
-    sections.append(("Predictions", beh))
-    sections.append(("Attention", section_attention(subject, tokens, config)))
-    seq_len = tokens.shape[1]
-    optional = [
-        (
-            "Activation patching",
-            config.patching,
-            lambda: section_patching(subject, config, seq_len),
-        ),
-        ("Probes", config.probes, lambda: section_probes(subject, config, seq_len, device)),
-        (
-            "Landscape",
-            config.landscape,
-            lambda: section_landscape(subject, config, device),
-        ),
-    ]
-    for name, wanted, build in optional:
-        if not wanted:
-            continue
-        try:
-            sections.append((name, build()))
-        except ValueError as err:  # the analysis does not apply to this run: say so
-            sections.append((name, _error_note(name, err)))
-    settings = "; ".join(
-        f"{html.escape(str(k))} = {html.escape(plain(v))}" for k, v in config.to_dict().items()
-    )
-    footer = (
-        '<p class="note">Written by <code>markov-lens report</code>. Analysis settings: '
-        + settings
-        + ".</p>"
-    )
-    sections.append(("About this page", footer))
+    n_optional = sum(bool(x) for x in (config.patching, config.probes, config.landscape))
+    with Stages("markov-lens report", 3 + n_optional, enabled=progress) as stage:
+        verdict_name = (subject.summary or {}).get("verdict")
+        badge = (
+            f'<span class="badge {html.escape(verdict_name)}">{html.escape(verdict_name)}</span>'
+            if verdict_name in ("bigram", "unigram", "neither")
+            else ""
+        )
+        refs = subject.references
+        head = (
+            f"<p>{badge} run directory <code>{html.escape(str(subject.path))}</code>, "
+            f"checkpoint step {subject.step}; optimal loss L* = {refs['optimal_loss']:.4f}, "
+            f"unigram loss L_u = {refs['unigram_loss']:.4f} nats.</p>"
+        )
+        stage("configuration, training curves, verdict")
+        sections: list[tuple[str, str]] = [("Configuration", section_config(subject))]
+        if subject.metrics:
+            sections.append(("Training curves", img(plot_curves([subject]), "training curves")))
+        sections.append(("Verdict", section_verdict(subject)))
+        stage("predictions")
+        beh, tokens = section_behaviour(subject, config, device)
+        sections.append(("Predictions", beh))
+        stage("attention")
+        sections.append(("Attention", section_attention(subject, tokens, config)))
+        seq_len = tokens.shape[1]
+        optional = [
+            (
+                "Activation patching",
+                config.patching,
+                lambda: section_patching(subject, config, seq_len),
+            ),
+            ("Probes", config.probes, lambda: section_probes(subject, config, seq_len, device)),
+            (
+                "Landscape",
+                config.landscape,
+                lambda: section_landscape(subject, config, device),
+            ),
+        ]
+        for name, wanted, build in optional:
+            if not wanted:
+                continue
+            stage(name.lower())
+            try:
+                sections.append((name, build()))
+            except ValueError as err:  # the analysis does not apply to this run: say so
+                sections.append((name, _error_note(name, err)))
+        settings = "; ".join(
+            f"{html.escape(str(k))} = {html.escape(plain(v))}" for k, v in config.to_dict().items()
+        )
+        footer = (
+            '<p class="note">Written by <code>markov-lens report</code>. Analysis settings: '
+            + settings
+            + ".</p>"
+        )
+        sections.append(("About this page", footer))
     return page(f"markov-lens report: {subject.label}", sections, head)
 
 
@@ -591,6 +601,7 @@ def write_report(
     config: ReportConfig | None = None,
     force: bool = False,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> Path:
     """Write ``build_report(run_dir)`` to ``out`` (default RUN_DIR/report.html). An existing
     file is only replaced with force=True (FileExistsError otherwise)."""
@@ -599,7 +610,7 @@ def write_report(
         raise ValueError(f"the report is an HTML file: --out must end in .html, got {path}")
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; pass --force to replace it")
-    text = build_report(run_dir, config, device=device)
+    text = build_report(run_dir, config, device=device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

@@ -170,8 +170,12 @@ def timeline(
     config: TimelineConfig | None = None,
     *,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> Timeline:
-    """Measure every selected checkpoint of ``run`` (module docstring)."""
+    """Measure every selected checkpoint of ``run`` (module docstring). progress: a line
+    (or a bar) per checkpoint on stderr."""
+    from training.progress import Stages
+
     config = config or TimelineConfig()
     device = torch.device(device) if device is not None else default_device()
     run = run if isinstance(run, Run) else load_run(run)
@@ -188,37 +192,43 @@ def timeline(
     start_model = run.model(steps[0], device=device) if config.cka else None
 
     rows = []
-    for step in steps:
-        model = run.model(step, device=device)
-        row: dict[str, Any] = {"step": step}
-        measured = behaviour(model, eval_set, refs)
-        row |= {k: v for k, v in measured.items() if k != "kernel_hat"}
-        patterns = attention_patterns(model, tokens)
-        hs = head_scores(patterns, tokens, run.chain.n_states, model.cfg.windows())
-        row |= {k: v for k, v in hs.to_dict().items() if k != "layout"}
-        if config.cka:
-            row["distance_from_start"] = parameter_distances(start_model, model).total["relative"]
-            row["distance_to_final"] = parameter_distances(model, final.model).total["relative"]
-            row["cka_to_final"] = cka_matrix(representations(model, tokens), final_reps).per_hook()
-        rows.append(row)
+    with Stages("markov-lens compare (timeline)", len(steps), enabled=progress) as stage:
+        for step in steps:
+            stage(f"checkpoint at step {step}")
+            model = run.model(step, device=device)
+            row: dict[str, Any] = {"step": step}
+            measured = behaviour(model, eval_set, refs)
+            row |= {k: v for k, v in measured.items() if k != "kernel_hat"}
+            patterns = attention_patterns(model, tokens)
+            hs = head_scores(patterns, tokens, run.chain.n_states, model.cfg.windows())
+            row |= {k: v for k, v in hs.to_dict().items() if k != "layout"}
+            if config.cka:
+                row["distance_from_start"] = parameter_distances(start_model, model).total[
+                    "relative"
+                ]
+                row["distance_to_final"] = parameter_distances(model, final.model).total["relative"]
+                row["cka_to_final"] = cka_matrix(
+                    representations(model, tokens), final_reps
+                ).per_hook()
+            rows.append(row)
 
-    target = _probe_target(run, config) if config.probes else None
-    probe_rows: list[dict[str, Any]] = []
-    if config.probes:
-        probe_rows = probe_timeline(run, steps, target, config, seq_len, device)
-        by_step: dict[int, dict] = {}
-        for r in probe_rows:
-            by_step.setdefault(r["step"], {})[r["component"]] = r
-        for row in rows:
-            cells = by_step.get(row["step"], {})
-            row["probe"] = {c: r["score"] for c, r in cells.items()}
-            row["probe_random"] = {c: r.get("random_score") for c, r in cells.items()}
+        target = _probe_target(run, config) if config.probes else None
+        probe_rows: list[dict[str, Any]] = []
+        if config.probes:
+            probe_rows = probe_timeline(run, steps, target, config, seq_len, device)
+            by_step: dict[int, dict] = {}
+            for r in probe_rows:
+                by_step.setdefault(r["step"], {})[r["component"]] = r
+            for row in rows:
+                cells = by_step.get(row["step"], {})
+                row["probe"] = {c: r["score"] for c, r in cells.items()}
+                row["probe_random"] = {c: r.get("random_score") for c, r in cells.items()}
 
-    metrics = run.metrics()
-    if run.finished:
-        plateau_exit = run.summary().get("plateau_exit_step")
-    else:
-        plateau_exit = summarise_metrics(metrics, gap)["plateau_exit_step"] if metrics else None
+        metrics = run.metrics()
+        if run.finished:
+            plateau_exit = run.summary().get("plateau_exit_step")
+        else:
+            plateau_exit = summarise_metrics(metrics, gap)["plateau_exit_step"] if metrics else None
     return Timeline(
         path=run.path,
         label=run_name(run.path),

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(
             f"{', '.join(map(str, existing))} already exist(s); pass --force to overwrite"
         )
-    rows = probe_runs(run_dirs, config, args.checkpoints)
+    rows = probe_runs(run_dirs, config, args.checkpoints, progress=True)
     figs = {} if args.no_plots else _figures(rows, out, len(run_dirs))
     clash = [out / n for n in figs if (out / n).exists()]
     if clash and not args.force:

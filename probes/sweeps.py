@@ -408,14 +408,20 @@ def probe_runs(
     run_dirs: list[str | os.PathLike],
     config: ProbeConfig | None = None,
     steps: str | list[int] = "last",
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """The same table for several runs (each on its own chain), rows tagged by run name."""
+    """The same table for several runs (each on its own chain), rows tagged by run name;
+    progress: a line (or a bar) per run on stderr."""
     names = [Path(d).name for d in run_dirs]
     if len(set(names)) != len(names):
         raise ValueError(f"run directory names must be distinct to label the rows, got {names}")
-    rows = []
-    for d in run_dirs:
-        rows += probe_run(d, config, steps)
+    from training.progress import Stages
+
+    with Stages("markov-lens probe", len(run_dirs), enabled=progress) as stage:
+        rows = []
+        for d in run_dirs:
+            stage(f"run {Path(d).name}")
+            rows += probe_run(d, config, steps)
     return rows
 
 

@@ -162,7 +162,18 @@ def test_cli_commands(runs, tmp_path, capsys):
 
     out = tmp_path / "patch"
     args = ["patch", str(run_dir), *common, "--out", str(out), "--acts", "resid_pre,attn_out"]
-    assert main([*args, "--direction", "noise"]) == 0
+    capsys.readouterr()
+    import training.progress
+
+    training.progress.DEFAULT_DELAY, delay = 0.0, training.progress.DEFAULT_DELAY
+    try:
+        assert main([*args, "--direction", "noise"]) == 0
+    finally:
+        training.progress.DEFAULT_DELAY = delay
+    assert [ln.split(" (")[0] for ln in capsys.readouterr().err.splitlines()] == [
+        "markov-lens patch: [1/2] noise: resid_pre, attn_out",
+        "markov-lens patch: [2/2] direct paths",
+    ]
     record = json.loads((out / "patching.json").read_text())
     assert list(record["results"]) == ["noise"] and (out / "patch_flip_noise.png").exists()
     assert set(record["results"]["noise"]["raw"]) == {"resid_pre", "attn_out"}

@@ -115,7 +115,8 @@ def test_report_refuses_to_overwrite_and_checks_the_suffix(run_dir, report_path,
         ReportConfig(n_seqs=0)
 
 
-def test_cli_report(run_dir, tmp_path, capsys):
+def test_cli_report(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("training.progress.DEFAULT_DELAY", 0.0)  # every stage's line, at once
     out = tmp_path / "r.html"
     args = [
         "report",
@@ -131,6 +132,13 @@ def test_cli_report(run_dir, tmp_path, capsys):
     assert main(args) == 0
     assert out.exists() and "<h2>Attention</h2>" in out.read_text()
     assert "<h2>Probes</h2>" not in out.read_text()
+    # never silent: a line per stage on stderr when it is not a terminal (v1 printed nothing)
+    stages = capsys.readouterr().err.splitlines()
+    assert [ln.split(" (")[0] for ln in stages] == [
+        "markov-lens report: [1/3] configuration, training curves, verdict",
+        "markov-lens report: [2/3] predictions",
+        "markov-lens report: [3/3] attention",
+    ]
     assert main(args) == 2
     assert "markov-lens report: error:" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0

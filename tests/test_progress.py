@@ -1,0 +1,43 @@
+"""training.progress: a line per stage in logs, only for stages that run long enough, and
+nothing after the command ends."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from training.progress import Stages
+
+
+def test_a_line_per_stage_that_runs_past_the_delay():
+    out = io.StringIO()
+    with Stages("markov-lens x", 3, stream=out, delay=0.05) as stage:
+        stage("quick")  # ends before its line is due
+        stage("slow")
+        time.sleep(0.2)
+        stage("last")
+    time.sleep(0.1)  # the last stage ended with the block: its line never comes
+    lines = [ln.split(" (")[0] for ln in out.getvalue().splitlines()]
+    assert lines == ["markov-lens x: [2/3] slow"]
+
+
+def test_a_failure_in_the_first_moments_prints_no_progress():
+    out = io.StringIO()
+    try:
+        with Stages("markov-lens x", 2, stream=out, delay=0.05) as stage:
+            stage("checking the input")
+            raise ValueError("bad input")
+    except ValueError:
+        pass
+    time.sleep(0.1)
+    assert out.getvalue() == ""
+
+
+def test_disabled_and_immediate():
+    out = io.StringIO()
+    with Stages("p", 2, stream=out, enabled=False) as stage:
+        stage("a")
+    with Stages("p", 2, stream=out, delay=0) as stage:
+        stage("a")
+        stage("b")
+    assert [ln.split(" (")[0] for ln in out.getvalue().splitlines()] == ["p: [1/2] a", "p: [2/2] b"]
