@@ -766,3 +766,38 @@ def test_apply_init_errors():
     no_bias = MarkovTransformer(ModelConfig.paper(n_ctx=8, unembed_bias=False), seed=0)
     with pytest.raises(ValueError, match="needs the unembedding bias"):
         init_theta_pi(no_bias, torch.tensor([0.5, 0.5]))
+
+
+def test_linear_token_embedding_is_x_times_e():
+    """token_embedding="linear" (the Local-to-Global simplified model): token 0 is the zero
+    vector, token 1 is e, whatever row 0 of W_E holds; tied W_U = [0, e]^T."""
+    cfg = ModelConfig.paper(n_ctx=8, token_embedding="linear", normalization_type=None)
+    model = MarkovTransformer(cfg, seed=0)
+    assert torch.equal(model.embed.W_E[0], torch.zeros(cfg.d_model))  # held at 0 from init
+    with torch.no_grad():
+        model.embed.W_E[0].fill_(5.0)  # ignored
+    toks = torch.tensor([[0, 1, 1, 0]])
+    _, cache = model.run_with_cache(toks)
+    emb = cache["hook_embed"][0]
+    assert torch.equal(emb[0], torch.zeros(cfg.d_model)) and torch.equal(emb[1], model.embed.W_E[1])
+    assert torch.equal(model.W_U[:, 0], torch.zeros(cfg.d_model))
+    with pytest.raises(ValueError, match="needs a binary vocabulary"):
+        ModelConfig.paper(d_vocab=3, token_embedding="linear")
+    with pytest.raises(ValueError, match="token_embedding must be one of"):
+        ModelConfig.paper(token_embedding="scalar")
+
+
+def test_good_init_means_what_it_meant_only_in_the_simplified_model():
+    from training.inits import apply_init
+
+    toks = torch.tensor([[0, 1, 0, 1, 1, 0, 0, 1]])
+    table = apply_init(MarkovTransformer(ModelConfig.paper(n_ctx=8), seed=0), "good")
+    _, c = table.run_with_cache(toks)
+    # table + LayerNorm: both tokens embed to -1, LayerNorm maps the constant residual to 0
+    normed = c["blocks.0.ln1.hook_normalized"][0]
+    assert normed.abs().max() < 1e-3
+    lin_cfg = ModelConfig.paper(n_ctx=8, token_embedding="linear", normalization_type=None)
+    linear = apply_init(MarkovTransformer(lin_cfg, seed=0), "good")
+    _, c = linear.run_with_cache(toks)
+    resid = c["blocks.0.hook_resid_pre"][0]  # x * e + W_pos: token 1 adds -1 per entry
+    assert torch.allclose(resid[1] - resid[0], torch.full((8,), -1.0))

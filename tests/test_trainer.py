@@ -634,3 +634,19 @@ def test_a_shared_eval_seed_evaluates_every_seed_on_the_same_tokens():
     assert a.metrics[-1]["step"] == 4  # trains and evaluates with it
     with pytest.raises(ValueError, match="eval_seed must be an integer >= 0"):
         tiny(eval_seed=-1)
+
+
+def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    """config.json of a v1 run lacks token_embedding and eval_seed: their defaults apply."""
+    import json as _json
+
+    run_dir = tmp_path / "r"
+    tc = tiny(iters=6, save_every=2)
+    train(small_model(), BinaryChain(0.5, 0.8), tc, out_dir=run_dir, progress=False, stop_at=3)
+    cfg = _json.loads((run_dir / "config.json").read_text())
+    del cfg["model"]["token_embedding"], cfg["train"]["eval_seed"]
+    (run_dir / "config.json").write_text(_json.dumps(cfg))
+    done = train(
+        small_model(), BinaryChain(0.5, 0.8), tc, out_dir=run_dir, progress=False, resume=True
+    )
+    assert done["status"] == "finished"

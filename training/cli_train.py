@@ -43,6 +43,7 @@ MODEL_FLAGS = {
     "init": "init",
     "init_range": "init_range",
     "act_fn": "act_fn",
+    "embedding": "embedding",
 }
 TRAIN_FLAGS = {
     "iters": "iters",
@@ -68,6 +69,7 @@ MODEL_FIELD_OF = {
     "mlp": "attn_only",
     "ln": "normalization_type",
     "window": "attn_window",
+    "embedding": "token_embedding",
 }
 
 
@@ -163,6 +165,12 @@ def _register_train(subparsers) -> None:
         "--no-mlp", dest="mlp", action="store_false", default=None, help="attention only"
     )
     m.add_argument("--no-ln", dest="ln", action="store_false", default=None, help="no LayerNorm")
+    m.add_argument(
+        "--embedding",
+        choices=("table", "linear"),
+        help="token embedding: a table (default) or linear x * e (binary; the Local-to-Global "
+        "simplified model, with --no-ln)",
+    )
     m.add_argument(
         "--window",
         type=_window,

@@ -17,6 +17,7 @@ from typing import Any
 ACT_FNS = ("gelu", "relu")
 NORMALIZATIONS = ("LN", None)
 POSITIONAL = ("standard", "none")
+TOKEN_EMBEDDINGS = ("table", "linear")
 INITS = ("paper", "theta_pi", "good")
 MAX_WINDOW = 2**62  # attention masks compute i - window in int64
 BOOL_FIELDS = (
@@ -45,6 +46,9 @@ class ModelConfig:
     LayerNorm bias (the paper has none).
     linear_bias: biases on Q, K, V, O and the MLP (the paper has none); unembed_bias is the
     unembedding bias b_U (the paper has one).
+    token_embedding: "table" (a learned vector per token) or "linear" (binary vocabularies:
+    token x maps to x * e, so token 0 is the zero vector: the Local-to-Global paper's
+    simplified model, with normalization_type=None; embed.W_E's row 0 is held at 0).
     init: "paper" N(0, init_range) with residual output projections N(0, init_range/sqrt(2L));
     other named initialisations are applied by `training.init.apply_init`.
     """
@@ -62,6 +66,7 @@ class ModelConfig:
     ln_bias: bool = False
     ln_eps: float = 1e-5
     positional_embedding_type: str = "standard"
+    token_embedding: str = "table"
     tie_embeddings: bool = True
     unembed_bias: bool = True
     linear_bias: bool = False
@@ -108,6 +113,15 @@ class ModelConfig:
         if self.normalization_type not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization_type must be one of {NORMALIZATIONS}, got {self.normalization_type!r}"
+            )
+        if self.token_embedding not in TOKEN_EMBEDDINGS:
+            raise ValueError(
+                f"token_embedding must be one of {TOKEN_EMBEDDINGS}, got {self.token_embedding!r}"
+            )
+        if self.token_embedding == "linear" and self.d_vocab != 2:
+            raise ValueError(
+                f"token_embedding 'linear' (x * e) needs a binary vocabulary, got d_vocab="
+                f"{self.d_vocab}"
             )
         if self.positional_embedding_type not in POSITIONAL:
             raise ValueError(

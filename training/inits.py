@@ -6,11 +6,13 @@
   untied: set explicitly, so the logits cannot depend on position), b_U = log pi so that
   softmax(b_U) = pi (binary: b_U[1] - b_U[0] = log(p/q)). W_Q, W_K, W_V, W_pos keep their
   paper init. Its loss is the unigram loss H(pi) and its gradient is 0.
-- "good": the Local-to-Global escaping init, as REFERENCE.md section 4 states it for the full
-  model: every entry of W_E = -1, W_pos = 0.5, MLP W_in = 2, W_out = -2; the rest paper init.
-  Caution: read literally, this makes the residual stream the same constant vector for both
-  tokens at every position, which pre-LayerNorm maps to 0: the model starts as a
-  context-free predictor. Measured (p=0.5, q=0.8, tied, 400 steps, length 256): 2 of 10 seeds
+- "good": the Local-to-Global escaping init (REFERENCE.md section 4): every entry of the
+  token embedding e = -1, W_pos = 0.5, MLP W_in = 2, W_out = -2; the rest paper init. It
+  belongs to that paper's simplified model: ModelConfig(token_embedding="linear",
+  normalization_type=None), where token x embeds as x * e. In the paper's pre-LayerNorm model
+  with an embedding table both token rows become -1, the residual stream is the same
+  constant for both tokens, which LayerNorm maps to 0: the model starts as a context-free
+  predictor. Measured (p=0.5, q=0.8, tied, 400 steps, length 256): 2 of 10 seeds
   escaped to the kernel from it, against 10 of 10 from the paper init.
 """
 
@@ -51,6 +53,8 @@ def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransform
 def init_good(model: MarkovTransformer) -> MarkovTransformer:
     """The Local-to-Global "good" init (REFERENCE.md section 4)."""
     model.embed.W_E.fill_(-1.0)
+    if model.cfg.token_embedding == "linear":
+        model.embed.W_E[0].zero_()  # x * e with e = -1: token 0 -> 0, token 1 -> -1
     if model.cfg.positional_embedding_type == "standard":
         model.pos_embed.W_pos.fill_(0.5)
     for block in model.blocks:

@@ -44,12 +44,22 @@ def watched(*hooks: HookPoint) -> bool:
 
 
 class Embed(nn.Module):
+    """Token embedding: a table W_E [d_vocab, d_model], or (cfg.token_embedding "linear",
+    binary) the map x -> x * e with e = W_E[1], row 0 held at zero."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.linear = cfg.token_embedding == "linear"
+        if self.linear:
+            self.register_buffer("rows", torch.tensor([[0.0], [1.0]]), persistent=False)
+
+    def table(self) -> Float[Tensor, "d_vocab d_model"]:
+        """The embedding of each token (for "linear": [0, e])."""
+        return self.W_E * self.rows if self.linear else self.W_E
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.W_E[tokens]
+        return self.table()[tokens]
 
 
 class PosEmbed(nn.Module):
@@ -82,7 +92,7 @@ class Unembed(nn.Module):
     def __getattr__(self, name: str):
         # Reached only when normal lookup fails: for a tied model W_U is no Parameter here.
         if name == "W_U" and self.__dict__.get("tied"):
-            return self.__dict__["_embed"][0].W_E.T
+            return self.__dict__["_embed"][0].table().T
         return super().__getattr__(name)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
@@ -267,6 +277,8 @@ class MarkovTransformer(HookedRootModule):
             else:
                 s = resid_std if leaf in ("W_O", "W_out") else std
                 param.copy_(torch.randn(param.shape, generator=gen) * s)
+        if self.cfg.token_embedding == "linear":
+            self.embed.W_E[0].zero_()  # token 0 is the zero vector
 
     # --- device bookkeeping -------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
@@ -386,6 +398,7 @@ class MarkovTransformer(HookedRootModule):
         """State dict in HookedTransformer format (W_U and disabled biases written out), as
         TransformerLens's `convert_tl_checkpoint` expects."""
         out = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        out["embed.W_E"] = self.embed.table().detach().clone()
         out["unembed.W_U"] = self.W_U.detach().clone()
         out["unembed.b_U"] = self.unembed.b_U.detach().clone()
         for layer, block in enumerate(self.blocks):

@@ -52,6 +52,7 @@ MODEL_ALIASES = {
     "ln": "normalization_type",
     "window": "attn_window",
     "positional": "positional_embedding_type",
+    "embedding": "token_embedding",
 }
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "device")
 MODEL_OPTIONS = tuple(MODEL_ALIASES) + MODEL_FIELDS

@@ -448,10 +448,22 @@ def _config_dict(model_config, chain, train_config, seed) -> dict[str, Any]:
     }
 
 
+def _with_defaults(section: str, d: Any) -> Any:
+    """A saved model/train section with the fields added since filled with their defaults."""
+    kind = {"model": ModelConfig, "train": TrainConfig}.get(section)
+    if kind is None or not isinstance(d, dict):
+        return d
+    try:
+        return kind.from_dict(d).to_dict()
+    except (TypeError, ValueError):
+        return d
+
+
 def _config_differences(saved: dict, new: dict) -> list[str]:
     diffs = []
     for section in ("model", "chain", "train", "seed"):
         a, b = saved.get(section), new.get(section)
+        a = _with_defaults(section, a)  # a field added since the run was saved: its default
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
                 if section == "train" and key == "device":
