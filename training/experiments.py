@@ -665,7 +665,7 @@ def phase_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
                         ax.text(
                             p,
                             q,
-                            f"{mat[i, j]:.2g}",
+                            f"{mat[i, j]:.2g}" if vmax else f"{mat[i, j]:.0f}",
                             ha="center",
                             va="center",
                             fontsize=7,
@@ -675,8 +675,8 @@ def phase_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
             ax.set_yticks(grid, [f"{v:g}" for v in grid])
             ax.set_xlabel("p = P(1|0)")
             ax.set_ylabel("q = P(0|1)")
-            # the line p + q = 1 (blank cells there: i.i.d. chains, excluded)
-            ax.plot([edges[0], edges[-1]], [1 - edges[0], 1 - edges[-1]], "w--", lw=1)
+            # the line p + q = 1 (red; blank cells there: i.i.d. chains, excluded)
+            ax.plot([edges[0], edges[-1]], [1 - edges[0], 1 - edges[-1]], "r--", lw=1.2)
             ax.set_xlim(edges[0], edges[-1])
             ax.set_ylim(edges[0], edges[-1])
             ax.set_aspect("equal")
