@@ -722,6 +722,16 @@ EXPERIMENTS: dict[str, tuple[Callable, Callable, str]] = {
 }
 
 
+# Wall time at the paper's settings on this project's 2-core CPU (two worker processes, one
+# torch thread each; other work shared the machine at times): docs/results/paper/*/RUN.md.
+MEASURED = {
+    "tying": "10 seeds per cell (40 runs): 4 min",
+    "depth": "5 seeds per depth (20 runs): 4 min",
+    "second-order": "3 seeds per cell (27 runs): 28 min",
+    "phase-diagram": "10 seeds per cell (400 runs): 46 min",
+}
+
+
 def _settings_line(specs: list[dict]) -> str:
     train = specs[0]["train"]
     return ", ".join(f"{k}={v}" for k, v in train.items())
