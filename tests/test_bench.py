@@ -73,8 +73,11 @@ def test_bench_tiny_step_window_ensemble_startup(tmp_path, capsys):
     assert lines[0].startswith("machine: ") and "load average" in lines[0]
     assert re.search(r"^matmul rate: \d+\.\d GFLOP/s", out, re.M)
     ratio_lines = [ln for ln in lines if LINE.match(ln)]
-    for ln in ratio_lines:
-        assert float(LINE.match(ln)["r"]) > 0
+    # every ratio is positive: checked on the exact values (the JSON below); a printed ratio
+    # is rounded to one decimal, and `markov-lens --help` against `import torch` can be 0.04
+    exact = json.loads(out_json.read_text())["comparisons"]
+    assert all(c["ratio"] > 0 for c in exact if c["ratio"] is not None)
+    assert {c["line"] for c in exact} >= set(ratio_lines)
     pairs = [(m["name"], m["a"], m["b"]) for m in map(LINE.match, ratio_lines)]
 
     # step: auto vs torch (SDPA) and vs explicit, then the FLOP bound line
