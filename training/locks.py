@@ -74,6 +74,18 @@ def _read_record(fd: int) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def _holder_record(fd: int, wait: float = 0.5) -> dict[str, Any]:
+    """The record of a lock another process holds. A holder writes its record just after it
+    takes the lock (truncate, then write): if we read in between, the file is empty, so read
+    again for up to `wait` seconds before calling the holder unknown."""
+    deadline = time.monotonic() + wait
+    record = _read_record(fd)
+    while not record and time.monotonic() < deadline:
+        time.sleep(0.01)
+        record = _read_record(fd)
+    return record
+
+
 def describe_holder(record: dict[str, Any]) -> str:
     """'PID 123 on host h since 2026-01-01T10:00:00+0000 (markov-lens sweep ...)'."""
     if not record:
@@ -190,7 +202,7 @@ class DirectoryLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            raise self._refuse(_read_record(fd)) from None
+            raise self._refuse(_holder_record(fd)) from None
         except OSError as err:
             if err.errno not in NO_FLOCK:
                 raise
