@@ -463,37 +463,49 @@ def run_ablation(
 
 @torch.no_grad()
 def direct_path_effects(
-    model: MarkovTransformer, data: PatchingData, metric: str = "logit_diff"
+    model: MarkovTransformer,
+    data: PatchingData,
+    metric: str = "logit_diff",
+    direction: str = "noise",
 ) -> dict:
     """Where the corruption's effect enters the logits at the readout (last position).
 
     The final residual stream there is embed + pos_embed + sum_l attn_out_l + sum_l mlp_out_l.
     For each component X (the token embedding = the direct path, each head's z W_O, each MLP)
-    the clean final residual gets X's corrupted value instead of its clean one and the logits
-    are recomputed through ln_final and the unembedding (everything else clean): effect
-    E_X = M_clean - M_patched. share_X = E_X / (M_clean - M_corrupt). The shares of all
-    components add up to 1 up to the final LayerNorm / softmax non-linearity, reported as
-    ``additivity_gap`` = sum_X share_X - 1.
+    and direction "noise", the clean final residual gets X's corrupted value instead of its
+    clean one and the logits are recomputed through ln_final and the unembedding (everything
+    else clean): effect E_X = M_clean - M_patched. "denoise": the corrupted final residual gets
+    X's clean value, E_X = M_patched - M_corrupt. share_X = E_X / (M_clean - M_corrupt). The
+    shares of all components add up to 1 up to the final LayerNorm / softmax non-linearity,
+    reported as ``additivity_gap`` = sum_X share_X - 1.
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     dev = model.W_E.device
     data = data.to(dev)
     fn = make_metric(metric, data)
     cfg = model.cfg
+    needed = {"hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post"}
+    for layer in range(cfg.n_layers):
+        needed |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"}
     runs = []
-    for tokens in (data.clean, data.corrupt):
-        _, cache = model.run_with_cache(tokens, return_cache_object=False)
+    for tokens in (data.clean, data.corrupt):  # caching only these keeps attention fused
+        _, cache = model.run_with_cache(
+            tokens, names_filter=lambda name: name in needed, return_cache_object=False
+        )
         runs.append(cache)
     clean, corrupt = runs
+    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
 
     def at_readout(cache: dict, name: str) -> Tensor:
         return cache[name][:, -1]
 
-    labels, diffs = ["embed"], [at_readout(corrupt, "hook_embed") - at_readout(clean, "hook_embed")]
+    labels, diffs = ["embed"], [at_readout(source, "hook_embed") - at_readout(base, "hook_embed")]
     for layer in range(cfg.n_layers):
         W_O = model.blocks[layer].attn.W_O
         z_name = f"blocks.{layer}.attn.hook_z"
-        dz = at_readout(corrupt, z_name) - at_readout(clean, z_name)  # [B, H, dh]
+        dz = at_readout(source, z_name) - at_readout(base, z_name)  # [B, H, dh]
         head_diff = torch.einsum("bhe,hed->hbd", dz, W_O)
         for head in range(cfg.n_heads):
             labels.append(f"L{layer}H{head}")
@@ -501,13 +513,14 @@ def direct_path_effects(
         if not cfg.attn_only:
             name = f"blocks.{layer}.hook_mlp_out"
             labels.append(f"L{layer}.mlp_out")
-            diffs.append(at_readout(corrupt, name) - at_readout(clean, name))
-    resid = at_readout(clean, last)  # [B, d]
+            diffs.append(at_readout(source, name) - at_readout(base, name))
+    resid = at_readout(base, last)  # [B, d]
     patched = resid[None] + torch.stack(diffs)  # [K, B, d]
     logits = model.unembed(model.ln_final(patched))[:, :, None]  # [K, B, 1, V]
-    m_clean = float(fn(model.unembed(model.ln_final(resid))[:, None]).mean())
+    m_clean = float(fn(model.unembed(model.ln_final(at_readout(clean, last)))[:, None]).mean())
     m_corrupt = float(fn(model.unembed(model.ln_final(at_readout(corrupt, last)))[:, None]).mean())
-    effects = (m_clean - fn(logits).mean(-1)).tolist()
+    m_patched = fn(logits).mean(-1)
+    effects = (m_clean - m_patched if direction == "noise" else m_patched - m_corrupt).tolist()
     total = m_clean - m_corrupt
     effect_of = dict(zip(labels, effects, strict=True))
     groups = {"direct": 0.0, "attention": 0.0, "mlp": 0.0}
@@ -520,6 +533,7 @@ def direct_path_effects(
     shares = {k: (v / total if defined else float("nan")) for k, v in groups.items()}
     return {
         "metric": metric,
+        "direction": direction,
         "clean": m_clean,
         "corrupt": m_corrupt,
         "total_effect": total,

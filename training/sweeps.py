@@ -434,6 +434,8 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     force: bool = False,
+    run_fn: Callable[[dict], dict] = run_task,
+    done_name: str = SUMMARY,
 ) -> SweepResult:
     """Expand `spec` (a dict, list of dicts, or a YAML/JSON path), run the runs not yet
     finished with `backend` (a name or a backend object, see get_backend), and write
@@ -441,7 +443,12 @@ def run_sweep(
 
     out_dir holding a sweep of the same spec: it is resumed. Of another spec: FileExistsError
     (its results.csv and aggregate would be replaced) unless force=True, which records the
-    old spec in sweep.json's previous_specs and keeps its run directories."""
+    old spec in sweep.json's previous_specs and keeps its run directories.
+
+    run_fn(task dict) -> row runs one task (default run_task: train it); a task counts as
+    done when its run directory holds ``done_name`` (default summary.json), and done tasks
+    are only read, by run_fn in this process. interp.atlas passes a run_fn that trains and
+    then measures, with done_name atlas.json."""
     if isinstance(spec, (str, os.PathLike)):
         spec = load_spec(spec)
     run_backend = get_backend(backend)
@@ -472,9 +479,9 @@ def run_sweep(
                 if progress
                 else (lambda _: None)
             )
-        done = {t.run_dir for t in tasks if (Path(t.run_dir) / SUMMARY).exists()}
+        done = {t.run_dir for t in tasks if (Path(t.run_dir) / done_name).exists()}
         pending = [t.to_dict() for t in tasks if t.run_dir not in done]
-        rows = {t.run_dir: run_task(t) for t in tasks if t.run_dir in done}
+        rows = {t.run_dir: run_fn(t.to_dict()) for t in tasks if t.run_dir in done}
         n_workers = workers if workers is not None else (os.cpu_count() or 1)
         n_workers = max(1, min(n_workers, len(pending) or 1))
         log(
@@ -482,9 +489,11 @@ def run_sweep(
             f"{len(done)} already finished, {len(pending)} to run on {n_workers} worker(s)"
         )
         t0 = time.perf_counter()
-        for i, row in enumerate(run_backend(run_task, pending, n_workers), 1):
+        for i, row in enumerate(run_backend(run_fn, pending, n_workers), 1):
             rows[row["run_dir"]] = row
             status = row.get("verdict") if row.get("status") == "finished" else row.get("status")
+            if row.get("label") and row.get("status") == "finished":
+                status = f"{status}, {row['label']}"
             loss = row.get("final_eval_loss")
             log(
                 f"[{i}/{len(pending)}] {row['cell']} seed {row['seed']}: {status}"

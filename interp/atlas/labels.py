@@ -1,0 +1,122 @@
+"""The atlas's per-run label: does the model use the kernel, which component carries it, and is
+it stored in the weights or estimated in context? Rules fixed before any atlas was run:
+
+1. ``marginal only``: the run's loss verdict is "unigram" (order label "marginal": the
+   prediction does not depend on the context), or at every lag the truth reads, the model's
+   flip ratio |rho| <= MARGINAL_RHO (its output ignores the tokens the kernel reads).
+2. Otherwise ``kernel`` if the run reached the optimal predictor (first-order chains: verdict
+   "bigram"; order k: order-k reached), else ``partial kernel``; without a training summary
+   (a constructed model) ``kernel`` means rho >= KERNEL_RHO at every lag the truth reads.
+3. The carrier, at the main lag (the token the kernel reads most), from the direct-path shares
+   (mean of noising and denoising, interp.atlas.measure):
+   - ``via embedding/direct``: the token embedding's share >= CARRIER_SHARE;
+   - ``via attention``: the attention layers' share >= CARRIER_SHARE and mean-ablating every
+     attention layer removes >= NECESSARY of the flip effect;
+   - ``via MLP``: likewise for the MLPs;
+   - ``distributed``: none of these (several paths share it, or a path writes it whose
+     ablation does not remove it).
+   Where two qualify (shares of opposite sign can exceed 1), the larger share wins.
+4. `` (in-context)`` is appended when the in-context index on other chains of the family is
+   >= IN_CONTEXT: the model tracks the in-context estimate, not its training kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MARGINAL_RHO = 0.1
+KERNEL_RHO = 0.5
+CARRIER_SHARE = 0.5
+NECESSARY = 0.5
+IN_CONTEXT = 0.5
+THRESHOLDS = {
+    "marginal_rho": MARGINAL_RHO,
+    "kernel_rho": KERNEL_RHO,
+    "carrier_share": CARRIER_SHARE,
+    "necessary": NECESSARY,
+    "in_context": IN_CONTEXT,
+}
+CARRIERS = ("attention", "mlp", "direct", "distributed")
+CARRIER_WORDS = {"attention": "attention", "mlp": "MLP", "direct": "embedding/direct"}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_lags(lags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lags whose flip changes the true law (rho defined)."""
+    return [d for d in lags if _finite(d.get("rho"))]
+
+
+def mean_shares(lag: dict[str, Any]) -> dict[str, float]:
+    """Group shares at one lag, mean of the noising and denoising decompositions."""
+    by_dir = [s for s in lag.get("shares", {}).values() if s]
+    groups = {k for s in by_dir for k in s}
+    out = {}
+    for g in sorted(groups):
+        vals = [s[g] for s in by_dir if _finite(s.get(g))]
+        out[g] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
+def carrier_of(lag: dict[str, Any]) -> str:
+    """attention / mlp / direct / distributed at one lag (rule 3)."""
+    shares = mean_shares(lag)
+    necessity = lag.get("necessity", {})
+    ok = []
+    for group, share in shares.items():
+        if not _finite(share) or share < CARRIER_SHARE:
+            continue
+        if group != "direct":
+            nec = necessity.get(group)
+            if not _finite(nec) or nec < NECESSARY:
+                continue
+        ok.append((share, group))
+    return max(ok)[1] if ok else "distributed"
+
+
+def atlas_label(measurement: dict[str, Any], summary: dict[str, Any] | None = None) -> dict:
+    """{"label", "carrier", "reached", "in_context", "main_lag"} by the module's rules."""
+    lags = read_lags(measurement["lags"])
+    index = measurement.get("transfer", {}).get("mean", {}).get("in_context_index")
+    in_context = _finite(index) and index >= IN_CONTEXT
+    marginal = not lags or all(abs(d["rho"]) <= MARGINAL_RHO for d in lags)
+    if summary is not None and (
+        summary.get("verdict") == "unigram" or summary.get("order_label") == "marginal"
+    ):
+        marginal = True
+    if marginal:
+        return {
+            "label": "marginal only",
+            "carrier": "none",
+            "reached": False,
+            "in_context": False,
+            "main_lag": None,
+        }
+    main = max(lags, key=lambda d: abs(d["true_effect"]))
+    if summary is not None:
+        k = len((summary.get("references") or {}).get("order_losses") or [0, 0]) - 1
+        if k >= 2:
+            reached = summary.get("order_reached") == k
+        else:
+            reached = summary.get("verdict") == "bigram"
+    else:
+        reached = all(d["rho"] >= KERNEL_RHO for d in lags)
+    carrier = carrier_of(main)
+    what = "kernel" if reached else "partial kernel"
+    label = (
+        f"{what}, distributed"
+        if carrier == "distributed"
+        else (f"{what} via {CARRIER_WORDS[carrier]}")
+    )
+    if in_context:
+        label += " (in-context)"
+    return {
+        "label": label,
+        "carrier": carrier,
+        "reached": reached,
+        "in_context": in_context,
+        "main_lag": main["lag"],
+    }

@@ -1,0 +1,186 @@
+"""The atlas's figures:
+
+- atlas_grid.png: small multiples, one panel per chain (rows) and tying x MLP (columns); in
+  each panel depth (y) x attention window (x); each cell a bar split by the fraction of seeds
+  whose dependence is carried by attention / the MLP / the embedding (direct) / several paths
+  (distributed) / nothing (marginal only), with k/n seeds that reached the kernel written in.
+- in_context.png: per run, the distance of the model's predictions on other chains of the
+  family from the in-weights reference (its training kernel) against the distance from the
+  in-context estimate; below the diagonal: in context. Colour: depth; marker: window.
+- timeline.png: per run, the step at which the final mechanism is in place (interp.atlas
+  .runner.mechanism_step) against the step it left the unigram plateau.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from interp.atlas.tables import AXES, CARRIER_NAMES, CARRIER_ORDER
+
+COLOURS = {
+    "attention": "#1f77b4",
+    "mlp": "#ff7f0e",
+    "direct": "#2ca02c",
+    "distributed": "#9467bd",
+    "none": "#bbbbbb",
+}
+
+
+def _figure(nrows: int, ncols: int, w: float, h: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _sorted(values: set) -> list:
+    def key(v):
+        try:
+            return (0, float(v))
+        except ValueError:
+            return (1 if v != "full" else 2, str(v))
+
+    return sorted(values, key=key)
+
+
+def plot_grid(cells: list[dict]):
+    """atlas_grid.png (module doc)."""
+    from matplotlib.patches import Patch, Rectangle
+
+    chains = list(dict.fromkeys(c["chain"] for c in cells))
+    combos = list(dict.fromkeys((str(c["tie"]), str(c["mlp"])) for c in cells))
+    windows = _sorted({str(c["window"]) for c in cells})
+    depths = _sorted({str(c["layers"]) for c in cells})
+    by = {tuple(str(c[a]) for a in AXES): c for c in cells}
+    fig, axes = _figure(len(chains), len(combos), 0.75 * len(windows) + 1.2, 0.6 * len(depths) + 1)
+    for i, chain in enumerate(chains):
+        for j, (tie, mlp) in enumerate(combos):
+            ax = axes[i][j]
+            for y, depth in enumerate(depths):
+                for x, window in enumerate(windows):
+                    c = by.get((chain, depth, window, tie, mlp))
+                    if c is None or not c["measured"]:
+                        continue
+                    left = x - 0.45
+                    for name in CARRIER_ORDER:
+                        f = c[f"frac_{name}"]
+                        if f > 0:
+                            ax.add_patch(
+                                Rectangle((left, y - 0.4), 0.9 * f, 0.8, color=COLOURS[name], lw=0)
+                            )
+                            left += 0.9 * f
+                    ax.text(
+                        x,
+                        y,
+                        f"{c['n_reached']}/{c['measured']}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                    )
+            ax.set_xlim(-0.5, len(windows) - 0.5)
+            ax.set_ylim(-0.5, len(depths) - 0.5)
+            ax.set_xticks(range(len(windows)), windows, fontsize=7)
+            ax.set_yticks(range(len(depths)), depths, fontsize=7)
+            ax.set_xlabel("attention window", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{chain}\nlayers", fontsize=8)
+            if i == 0:
+                ax.set_title(f"tied={tie}, MLP={mlp}", fontsize=8)
+    handles = [Patch(color=COLOURS[c], label=CARRIER_NAMES[c]) for c in CARRIER_ORDER]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7)
+    fig.suptitle(
+        "where the dependence lives (fraction of seeds; k/n: reached the kernel)", fontsize=9
+    )
+    return fig
+
+
+def plot_in_context(rows: list[dict]):
+    """in_context.png (module doc)."""
+    fig, axes = _figure(1, 1, 5.0, 4.2)
+    ax = axes[0][0]
+    depths = _sorted({str(r.get("layers")) for r in rows})
+    cmap = {d: f"C{i}" for i, d in enumerate(depths)}
+    lo, hi = math.inf, -math.inf
+    for windowed, marker in ((False, "o"), (True, "x")):
+        for d in depths:
+            pts = [
+                (r["d_weights"], r["d_context"])
+                for r in rows
+                if str(r.get("layers")) == d
+                and (str(r.get("window")) != "full") == windowed
+                and isinstance(r.get("d_weights"), float)
+                and isinstance(r.get("d_context"), float)
+                and r["d_weights"] > 0
+                and r["d_context"] > 0
+                and r.get("carrier") not in (None, "none")
+            ]
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
+            ax.scatter(
+                xs,
+                ys,
+                s=14,
+                c=cmap[d],
+                marker=marker,
+                alpha=0.7,
+                label=f"{d} layer(s), {'window' if windowed else 'full'}",
+            )
+    if math.isfinite(lo):
+        ax.plot([lo, hi], [lo, hi], "k:", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    ax.set_xlabel("KL(training kernel || model) on other chains (nats)", fontsize=8)
+    ax.set_ylabel("KL(in-context estimate || model) (nats)", fontsize=8)
+    ax.set_title("in weights (above the diagonal) or in context (below)?", fontsize=9)
+    return fig
+
+
+def plot_timeline(rows: list[dict]):
+    """timeline.png (module doc)."""
+    fig, axes = _figure(1, 1, 5.0, 4.2)
+    ax = axes[0][0]
+    top = 1
+    for carrier in CARRIER_ORDER:
+        pts = [
+            (r["plateau_exit_step"], r["mechanism_step"])
+            for r in rows
+            if r.get("carrier") == carrier
+            and isinstance(r.get("plateau_exit_step"), (int, float))
+            and isinstance(r.get("mechanism_step"), (int, float))
+            and r["plateau_exit_step"] > 0
+            and r["mechanism_step"] > 0
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            top = max(top, *xs, *ys)
+            ax.scatter(
+                xs, ys, s=14, color=COLOURS[carrier], alpha=0.7, label=CARRIER_NAMES[carrier]
+            )
+    ax.plot([1, top], [1, top], "k:", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("plateau exit step", fontsize=8)
+    ax.set_ylabel("step the final mechanism is in place", fontsize=8)
+    ax.set_title("when the mechanism appears (runs that left the plateau)", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def write_figures(out: Path, rows: list[dict], cells: list[dict]) -> dict[str, Path]:
+    """atlas_grid.png, in_context.png and timeline.png in ``out``."""
+    files = {}
+    for name, fig in (
+        ("atlas_grid", plot_grid(cells)),
+        ("in_context", plot_in_context(rows)),
+        ("timeline", plot_timeline(rows)),
+    ):
+        path = Path(out) / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        files[name] = path
+    return files

@@ -1,0 +1,256 @@
+"""The atlas: its labels on constructed cases, its measurements' invariants, and a tiny atlas
+end to end (train, measure, tables, figures, resume, CLI errors)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.atlas.grid import PRESETS, chain_name, chains, preset_spec
+from interp.atlas.labels import atlas_label, carrier_of
+from interp.atlas.measure import (
+    AtlasConfig,
+    dependence_at_lag,
+    measure_model,
+    transfer_chains,
+)
+from interp.atlas.runner import load_atlas, mechanism_step, run_atlas
+from interp.landscape import theta_pi_model
+from tests.tiny_runs import CHAIN, SEQ_LEN, one_thread, train_tiny
+from training.chains import BinaryChain, InContextChain, KthOrderChain
+from training.config import ModelConfig
+from training.recipe import TrainConfig
+from training.runs import load_run
+from training.sweeps import expand
+from training.trainer import train
+
+FAST = AtlasConfig(n_seqs=64, probes=False, timeline=False)
+
+
+@pytest.fixture(scope="module")
+def untied_run(tmp_path_factory):
+    with one_thread():
+        return load_run(
+            train_tiny(tmp_path_factory.mktemp("untied"), iters=120, tie_embeddings=False)
+        )
+
+
+@pytest.fixture(scope="module")
+def in_context_run(tmp_path_factory):
+    """Two attention-only layers on in-context binary chains (a fresh kernel per sequence)."""
+    out = tmp_path_factory.mktemp("in_context")
+    cfg = ModelConfig.paper(n_ctx=32, n_layers=2, d_model=16, attn_only=True)
+    tc = TrainConfig(
+        iters=300,
+        batch=32,
+        seq_len=32,
+        lr=1e-2,
+        eval_every=25,
+        eval_batches=1,
+        save_every=0,
+        device="cpu",
+        checkpoints_per_octave=0,
+    )
+    with one_thread():
+        train(cfg, InContextChain(2, 1), tc, seed=0, out_dir=out, progress=False)
+    return load_run(out)
+
+
+# ------------------------------------------------------------------- labels, constructed
+
+
+def test_model_at_theta_pi_is_marginal_only():
+    model = theta_pi_model(ModelConfig.paper(n_ctx=SEQ_LEN), CHAIN, seed=0)
+    m = measure_model(model, CHAIN, FAST)
+    assert abs(m["lags"][0]["rho"]) < 1e-4  # the output does not move when x_n flips
+    assert atlas_label(m)["label"] == "marginal only"
+
+
+def test_trained_untied_model_reads_x_n_in_weights(untied_run):
+    summary = untied_run.summary()
+    m = measure_model(untied_run.model(), CHAIN, FAST, SEQ_LEN)
+    label = atlas_label(m, summary)
+    assert summary["verdict"] == "bigram"
+    assert m["lags"][0]["rho"] > 0.5
+    assert label["label"].startswith("kernel")
+    assert not label["in_context"]  # on other chains it keeps its training kernel
+    assert m["transfer"]["mean"]["in_context_index"] < 0.2
+
+
+def test_attention_ablated_without_effect_is_not_the_carrier(untied_run):
+    """Silence attention (W_O = b_O = 0): its ablation changes nothing, so whatever carries
+    the dependence, the label must not name attention."""
+    model = untied_run.model()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_O.zero_()
+            block.attn.b_O.zero_()
+    m = measure_model(model, CHAIN, FAST, SEQ_LEN)
+    lag = m["lags"][0]
+    assert abs(lag["necessity"]["attention"]) < 1e-6
+    assert abs(lag["shares"]["noise"]["attention"]) < 1e-6
+    label = atlas_label(m, untied_run.summary())
+    assert label["carrier"] != "attention" and "attention" not in label["label"]
+
+
+@pytest.mark.parametrize(
+    ("shares", "necessity", "expected"),
+    [
+        (
+            {"attention": 0.9, "mlp": 0.05, "direct": 0.05},
+            {"attention": 0.8, "mlp": 0.0},
+            "attention",
+        ),
+        (
+            {"attention": 0.9, "mlp": 0.05, "direct": 0.05},
+            {"attention": 0.1, "mlp": 0.0},
+            "distributed",
+        ),  # written by attention but not needed: not credited
+        ({"attention": 0.1, "mlp": 1.2, "direct": -0.3}, {"attention": 0.0, "mlp": 1.1}, "mlp"),
+        ({"attention": 0.2, "mlp": 0.1, "direct": 0.7}, {"attention": 0.0, "mlp": 0.1}, "direct"),
+        (
+            {"attention": 0.4, "mlp": 0.4, "direct": 0.2},
+            {"attention": 0.6, "mlp": 0.6},
+            "distributed",
+        ),
+    ],
+)
+def test_carrier_rule(shares, necessity, expected):
+    lag = {"shares": {"noise": shares, "denoise": shares}, "necessity": necessity}
+    assert carrier_of(lag) == expected
+
+
+def test_two_layer_in_context_model_is_labelled_in_context(in_context_run):
+    m = measure_model(in_context_run.model(), in_context_run.chain, FAST, 32)
+    label = atlas_label(m, in_context_run.summary())
+    assert m["transfer"]["mean"]["in_context_index"] > 0.5
+    assert label["in_context"] and label["label"].endswith("(in-context)")
+    assert label["carrier"] == "attention"  # attention-only: nothing else can read the past
+
+
+# ------------------------------------------------------------------------- measurements
+
+
+def test_shares_add_up_without_final_layernorm(tmp_path):
+    """Without LayerNorm the logits are linear in the final residual, so the direct-path
+    shares of embedding, attention and MLP sum to 1 exactly, noising and denoising."""
+    with one_thread():
+        run = load_run(train_tiny(tmp_path, iters=60, normalization_type=None))
+    d = dependence_at_lag(run.model(), CHAIN, 0, 64, SEQ_LEN, seed=0)
+    for direction in ("noise", "denoise"):
+        assert sum(d["shares"][direction].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_lag_the_truth_ignores_has_no_ratio_but_a_sensitivity(untied_run):
+    d = dependence_at_lag(untied_run.model(), CHAIN, 1, 64, SEQ_LEN, seed=0)
+    assert math.isnan(d["rho"]) and d["true_sensitivity"] == 0.0
+    assert d["sensitivity"] >= 0.0
+
+
+def test_transfer_chains_are_the_same_family_with_other_parameters():
+    assert all(
+        isinstance(c, BinaryChain) and (c.p, c.q) != (0.5, 0.8)
+        for c in transfer_chains(BinaryChain(0.5, 0.8))
+    )
+    lag = transfer_chains(KthOrderChain.lag(2, 0.2, 0.3))
+    assert all(c.order == 2 and c.label.startswith("lag(") for c in lag)
+    rand = transfer_chains(KthOrderChain.random(2, 2, 1.0, seed=0))
+    assert all(c.order == 2 and c != KthOrderChain.random(2, 2, 1.0, seed=0) for c in rand)
+
+
+def test_mechanism_step_is_the_start_of_the_last_unbroken_stretch():
+    pts = [
+        {"step": 1, "rho": 0.0, "shares": {"mlp": 0.0}},
+        {"step": 2, "rho": 0.9, "shares": {"mlp": 0.9}},
+        {"step": 4, "rho": 0.2, "shares": {"mlp": 0.9}},
+        {"step": 8, "rho": 0.8, "shares": {"mlp": 0.7}},
+        {"step": 16, "rho": 1.0, "shares": {"mlp": 1.0}},
+    ]
+    assert mechanism_step(pts, "mlp") == 8
+    assert mechanism_step(pts, "attention") is None
+    assert mechanism_step(pts[:1], "mlp") is None
+
+
+# ------------------------------------------------------------------------------- grids
+
+
+def test_paper_preset_is_the_issue_grid(tmp_path):
+    tasks = expand(preset_spec("paper"), tmp_path)
+    assert len(tasks) == 4 * 3 * 5 * 2 * 2 * 5
+    names = {chain_name(t.options["chain"]) for t in tasks}
+    assert names == set(chains())
+    windows = {json.dumps(t.options["model"]["window"]) for t in tasks}
+    assert windows == {"null", "1", "2", "8", "32"}
+    lag2 = [t for t in tasks if chain_name(t.options["chain"]) == "lag2-p0.2-q0.3"]
+    assert {t.options["model"]["d_model"] for t in lag2} == {32}
+    assert {t.options["train"]["iters"] for t in lag2} == {800}
+    assert {t.options["train"]["eval_seed"] for t in tasks} == {
+        preset_spec("paper")[0]["train"]["eval_seed"]
+    }
+
+
+def test_presets_and_bad_preset():
+    for p in PRESETS:
+        assert preset_spec(p)
+    with pytest.raises(ValueError, match="unknown atlas preset 'huge'; allowed: paper"):
+        preset_spec("huge")
+
+
+# -------------------------------------------------------------------------- end to end
+
+
+def test_tiny_atlas_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "atlas"
+    with one_thread():
+        files = run_atlas(
+            preset_spec("test"), out, AtlasConfig(n_seqs=32), workers=1, progress=False
+        )
+    for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid", "in_context", "timeline"):
+        assert files[name].is_file() and files[name].stat().st_size > 0
+    rows = load_atlas(out)
+    assert len(rows) == 8
+    assert {r["chain"] for r in rows} == {"p0.5-q0.8", "lag2-p0.2-q0.3"}
+    assert all(r["status"] == "finished" for r in rows)
+    for r in rows:
+        record = json.loads((Path(r["run_dir"]) / "atlas.json").read_text())
+        assert record["label"] == r["label"]
+        if r["label"] == "marginal only":
+            assert (
+                all(abs(d["rho"]) <= 0.1 for d in record["lags"] if d["rho"] is not None)
+                or r["verdict"] == "unigram"
+            )
+    cells = (out / "cells.csv").read_text().splitlines()
+    assert len(cells) == 1 + 8
+    md = (out / "atlas.md").read_text()
+    assert "## Pooled by window" in md and "[" in md
+    stamps = {
+        r["run_dir"]: os.stat(os.path.join(r["run_dir"], "atlas.json")).st_mtime_ns for r in rows
+    }
+    with one_thread():
+        run_atlas(preset_spec("test"), out, AtlasConfig(n_seqs=32), workers=1, progress=False)
+    assert stamps == {
+        r["run_dir"]: os.stat(os.path.join(r["run_dir"], "atlas.json")).st_mtime_ns
+        for r in load_atlas(out)
+    }  # nothing re-measured
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from interp.cli import main
+
+    assert main(["atlas", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "give either a SPEC file or --preset" in err
+    assert main(["atlas", "--preset", "test", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["atlas", "--preset", "huge", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert main(["atlas", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "b")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        load_atlas(tmp_path / "nowhere")
