@@ -785,9 +785,38 @@ def grid_table_markdown(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def symlog_ticks(low: float, high: float, linthresh: float, n_max: int = 7) -> list[float]:
+    """Major ticks for a symlog axis (linscale 1) over [low, high]: 0 and powers of ten
+    (+-linthresh where no power of ten fits), at most about ``n_max``, kept greedily from
+    the largest magnitude inward only where they are at least 1/n_max of the axis apart, so
+    labels of a small figure spanning many decades do not overlap."""
+
+    def position(y: float) -> float:  # where symlog draws y, in decades
+        a = abs(y)
+        return y / linthresh if a <= linthresh else math.copysign(1 + math.log10(a / linthresh), y)
+
+    top, bottom = position(max(high, linthresh)), position(min(low, -linthresh))
+    gap = (top - bottom) / n_max
+    candidates = []
+    for sign, end in ((1.0, high), (-1.0, -low)):
+        if end > linthresh:
+            first = math.ceil(math.log10(linthresh) - 1e-9)
+            last = math.floor(math.log10(end) + 1e-9)
+            powers = [10.0**d for d in range(last, first - 1, -1)]
+            candidates += [sign * v for v in powers] or [sign * linthresh]
+        elif end > 0:
+            candidates.append(sign * linthresh)
+    ticks = [0.0]
+    for y in sorted(candidates, key=lambda v: -abs(position(v))):
+        if all(abs(position(y) - position(t)) >= gap for t in ticks):
+            ticks.append(y)
+    return sorted(ticks)
+
+
 def plot_spectrum(report: HessianReport, ax=None, title: str | None = None):
     """Eigenvalues (exact: all; Lanczos: Ritz values) on a symlog axis with the flat band."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import FixedLocator, FuncFormatter
 
     if ax is None:
         ax = Figure(layout="constrained", figsize=(6, 3.2)).subplots()
@@ -795,7 +824,10 @@ def plot_spectrum(report: HessianReport, ax=None, title: str | None = None):
     ax.plot(range(len(ev)), ev, ".", ms=3)
     ax.axhspan(-report.flat_tol, report.flat_tol, color="0.85", label="flat within error")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_yscale("symlog", linthresh=max(report.flat_tol, 1e-8))
+    linthresh = max(report.flat_tol, 1e-8)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(min(ev), max(ev), linthresh)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "0" if y == 0 else f"{y:.2g}"))
     what = "eigenvalue" if report.method == "exact" else "Lanczos Ritz value"
     ax.set_xlabel(f"{what} index (ascending)")
     ax.set_ylabel("eigenvalue")
