@@ -6,7 +6,7 @@ over the allowed keys j <= i, and j >= i - M under an attention window M).
 
 The offset profile is the mean weight at relative offset d = i - j (d = 0: the token itself,
 d = 1: the previous token, ...), averaged over every query i >= d; it is what the window
-("masking", REFERENCE.md section 3) experiments change.
+("masking", docs/theory.md section 3) experiments change.
 """
 
 from __future__ import annotations

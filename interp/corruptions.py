@@ -1,4 +1,4 @@
-"""In-distribution corruptions for activation patching (REFERENCE.md section 5).
+"""In-distribution corruptions for activation patching (docs/theory.md section 5).
 
 A ``PatchingData`` holds a clean batch, a corrupted batch of the same shape, the true next token
 after the clean context (the label) and the true law of the next token under both contexts.

@@ -1,7 +1,7 @@
 """Head scores from attention patterns: previous-token and statistical-induction heads.
 
 Both scores are the attention mass a query puts on "matching" keys, averaged over the queries
-i >= 1 of every sequence (REFERENCE.md section 5):
+i >= 1 of every sequence (docs/theory.md section 5):
 
 - previous-token score: mass on j = i - 1;
 - statistical-induction score (Edelman et al. 2024): mass on the keys j >= 1 whose previous

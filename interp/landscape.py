@@ -29,7 +29,7 @@ curvature of either sign confirmed: the Hessian is zero within error); "inconclu
 (lambda_min below the band but not confirmed out of sample, or Lanczos not converged: use more
 sequences or iterations).
 
-theta_pi (REFERENCE.md sections 1 and 4): `training.inits.init_theta_pi` with pi the chain's
+theta_pi (docs/theory.md sections 1 and 4): `training.inits.init_theta_pi` with pi the chain's
 stationary marginal. Its loss is the unigram loss H(pi) and its gradient vanishes in
 expectation; on a finite sample only the unembedding bias and the (tied or untied) W_U get a
 nonzero gradient, pi - (empirical next-token frequencies) times the final-LayerNorm output,
@@ -564,7 +564,7 @@ def theta_pi_model(
 def hessian_proxy(model: MarkovTransformer, p: float, q: float, n_positions: int) -> float:
     """The paper code's Hessian proxy: lambda_min(2 (p + q - 1) I_d + (1/N) sum_n
     (p_n - pbar)(p_n - pbar)^T) over the first N positional embeddings p_n = W_pos[n]
-    (REFERENCE.md section 1). Positive predicts a local minimum (tied, one layer)."""
+    (docs/theory.md section 1). Positive predicts a local minimum (tied, one layer)."""
     if model.cfg.positional_embedding_type != "standard":
         raise ValueError("the Hessian proxy needs learned positional embeddings")
     W = model.pos_embed.W_pos[:n_positions].detach().double()
@@ -576,7 +576,7 @@ def hessian_proxy(model: MarkovTransformer, p: float, q: float, n_positions: int
 
 
 def paper_prediction(p: float, q: float, tied: bool, n_layers: int) -> str | None:
-    """What REFERENCE.md section 1 predicts for theta_pi: None where it claims nothing."""
+    """What docs/theory.md section 1 predicts for theta_pi: None where it claims nothing."""
     s = p + q
     if math.isclose(s, 1.0, abs_tol=1e-12):
         return "global minimum (p + q = 1: i.i.d. chain)"

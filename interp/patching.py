@@ -30,7 +30,7 @@ Activation kinds (TransformerLens names, result layouts as ``get_act_patch_*``):
 - "pattern": [layer, head, dest_pos]; with ``by_pos=False``: [layer, head]
 
 Metrics map logits [*patches, batch, readout, vocab] to [*patches, batch] (nats or logits).
-Normalised effect (REFERENCE.md section 5): (M - M_corrupt) / (M_clean - M_corrupt), on batch
+Normalised effect (docs/theory.md section 5): (M - M_corrupt) / (M_clean - M_corrupt), on batch
 means; denoising (clean activations into the corrupted run) measures sufficiency (1 = the patch
 restores the clean behaviour), noising (corrupted activations into the clean run) measures
 necessity (0 = the patch destroys it).
@@ -418,7 +418,7 @@ def ablation_source(
     mode: str,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Source activations for ablating a batch of ``batch`` sequences (REFERENCE.md section 5):
+    """Source activations for ablating a batch of ``batch`` sequences (docs/theory.md section 5):
     "mean": every activation's mean over ``reference_tokens`` at the same position;
     "resample": the activations of a reference sequence drawn at random (with ``generator``)
     for each example. Pass the result to ``patch_sweep`` as ``source``."""

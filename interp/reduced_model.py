@@ -1,6 +1,6 @@
 """The two-parameter reduced model of "Local to Global" (Makkuva et al. 2024, arXiv 2406.03072).
 
-REFERENCE.md section 4. A rank-one reduction of the single-layer tied transformer on a binary
+docs/theory.md section 4. A rank-one reduction of the single-layer tied transformer on a binary
 chain (p = P(1|0), q = P(0|1)) leaves two scalars, an embedding scale e and an MLP/attention
 scale w, and the unembedding bias b. Its canonical logit for x_{n+1} = 1 given x_n = x in
 {0, 1} is

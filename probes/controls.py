@@ -1,4 +1,4 @@
-"""Controls that make probe scores honest (REFERENCE.md section 5).
+"""Controls that make probe scores honest (docs/theory.md section 5).
 
 Control tasks (Hewitt & Liang 2019). Each sample gets an *input type*, and each type a random
 label drawn once from the real target's label distribution; the control task is to predict

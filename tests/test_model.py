@@ -706,7 +706,7 @@ def test_theta_pi_predicts_the_stationary_marginal(overrides, gen):
     exact = -pi.log()[toks[:, 1:]].mean()  # cross-entropy of pi on these very targets
     torch.testing.assert_close(loss, exact, rtol=0, atol=1e-5)
     assert abs(loss.item() - unigram_loss(chain)) < 0.02  # h(pi_1) = 0.666 nats
-    # the structural zeros of REFERENCE.md section 1
+    # the structural zeros of docs/theory.md section 1
     assert torch.equal(model.W_E, torch.zeros_like(model.W_E))
     assert torch.equal(model.W_U, torch.zeros_like(model.W_U))
     for block in model.blocks:

@@ -1,4 +1,4 @@
-"""interp.reduced_model: the Local-to-Global two-parameter model (REFERENCE.md section 4).
+"""interp.reduced_model: the Local-to-Global two-parameter model (docs/theory.md section 4).
 
 Claims checked: the optimal bias solves its stationarity equation; e = 0 is the unigram line
 and the global-minimum curve (1 + 2w|w|) e^2 = log((1-p)(1-q)/(pq)) reaches the entropy rate;

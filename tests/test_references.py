@@ -1,4 +1,4 @@
-"""Exact references (nats) against REFERENCE.md section 2, closed forms and Monte Carlo."""
+"""Exact references (nats) against docs/theory.md section 2, closed forms and Monte Carlo."""
 
 import json
 import math
@@ -24,7 +24,7 @@ def h(p: float) -> float:
     return -sum(x * math.log(x) for x in (p, 1 - p) if x > 0)
 
 
-# ------------------------------------------------------------------ REFERENCE.md section 2
+# ------------------------------------------------------------------ docs/theory.md section 2
 
 
 @pytest.mark.parametrize(
@@ -170,8 +170,8 @@ def test_kl_divergence_and_cross_entropy():
     assert ce.tolist() == pytest.approx([-math.log(0.4), -math.log(0.4)])
 
 
-# REFERENCE.md section 2: (uniform, add-1 unigram, add-1 bigram, oracle), 101 tokens
-REFERENCE_IN_CONTEXT = {2: (0.693, 0.575, 0.510, 0.480), 3: (1.099, 1.003, 0.886, 0.819)}
+# docs/theory.md section 2: (uniform, add-1 unigram, add-1 bigram, oracle), 101 tokens
+REFERENCE_IN_CONTEXT = {2: (0.693, 0.577, 0.511, 0.481), 3: (1.099, 1.004, 0.886, 0.819)}
 
 
 @pytest.mark.parametrize("states", [2, 3])

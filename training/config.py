@@ -216,7 +216,7 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> ModelConfig:
-        """The architecture of the paper's code (REFERENCE.md section 3): d_model 8, 1 layer,
+        """The architecture of the paper's code (docs/theory.md section 3): d_model 8, 1 layer,
         1 head, pre-LN without bias, no linear bias but the unembedding's, GELU MLP 4d wide,
         learned positions, tied embeddings, N(0, 0.02) init with scaled residual projections."""
         base = dict(

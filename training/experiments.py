@@ -1,4 +1,4 @@
-"""The paper's experiments (REFERENCE.md section 3), reproducible from one command.
+"""The paper's experiments (docs/theory.md section 3), reproducible from one command.
 
 ``reproduce(name, out_dir, size)`` runs an experiment through the sweep machinery (parallel
 workers, finished runs skipped, so an interrupted reproduction resumes) and writes to out_dir:

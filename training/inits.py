@@ -1,4 +1,4 @@
-"""Named initialisations of a MarkovTransformer (REFERENCE.md sections 1 and 4).
+"""Named initialisations of a MarkovTransformer (docs/theory.md sections 1 and 4).
 
 - "paper": N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)) (done by the model itself).
 - "theta_pi": the unigram stationary point for a chain: token embedding W_E = 0, MLP W_in = 0,
@@ -6,7 +6,7 @@
   untied: set explicitly, so the logits cannot depend on position), b_U = log pi so that
   softmax(b_U) = pi (binary: b_U[1] - b_U[0] = log(p/q)). W_Q, W_K, W_V, W_pos keep their
   paper init. Its loss is the unigram loss H(pi) and its gradient is 0.
-- "good": the Local-to-Global escaping init (REFERENCE.md section 4): every entry of the
+- "good": the Local-to-Global escaping init (docs/theory.md section 4): every entry of the
   token embedding e = -1, W_pos = 0.5, MLP W_in = 2, W_out = -2; the rest paper init. It
   belongs to that paper's simplified model: ModelConfig(token_embedding="linear",
   normalization_type=None), where token x embeds as x * e. In the paper's pre-LayerNorm model
@@ -51,7 +51,7 @@ def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransform
 
 @torch.no_grad()
 def init_good(model: MarkovTransformer) -> MarkovTransformer:
-    """The Local-to-Global "good" init (REFERENCE.md section 4)."""
+    """The Local-to-Global "good" init (docs/theory.md section 4)."""
     model.embed.W_E.fill_(-1.0)
     if model.cfg.token_embedding == "linear":
         model.embed.W_E[0].zero_()  # x * e with e = -1: token 0 -> 0, token 1 -> -1

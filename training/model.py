@@ -9,7 +9,7 @@ every interesting activation passes through a HookPoint with the HookedTransform
 `ActivationCache`) and `transformer_lens.patching` work on it unchanged.
 
 With `tie_embeddings`, unembed.W_U is embed.W_E transposed: one Parameter, one state-dict
-entry (REFERENCE.md section 3: wte.weight = lm_head.weight).
+entry (docs/theory.md section 3: wte.weight = lm_head.weight).
 
 This is the only implementation of the architecture. Attention and LayerNorm each have two
 branches of one computation, chosen by whether a hook watches their internals: explicit
@@ -235,7 +235,7 @@ class TransformerBlock(nn.Module):
 
 
 class MarkovTransformer(HookedRootModule):
-    """Decoder-only transformer over token ids [batch, pos] (REFERENCE.md section 3).
+    """Decoder-only transformer over token ids [batch, pos] (docs/theory.md section 3).
 
     forward(tokens) returns logits [batch, pos, d_vocab]; return_type="loss" gives the mean
     next-token cross-entropy (nats) over positions 0..pos-2, "per_token_loss" gives it per

@@ -1,6 +1,6 @@
 """TrainConfig: the optimisation recipe of a run, as one JSON-able dataclass.
 
-The defaults are the paper's recipe (REFERENCE.md section 3, checked against the public code
+The defaults are the paper's recipe (docs/theory.md section 3, checked against the public code
 Bond1995/Markov, Markov-LLM/src): AdamW lr 2e-3, betas (0.9, 0.95), eps 1e-8, weight decay
 1e-3 on linear weights only, no gradient clipping, a OneCycle schedule with 2% warm-up from
 lr/100 = 2e-5 to 2e-3 and cosine decay to 2e-5/0.05 = 4e-4 (torch OneCycleLR, div_factor 100,

@@ -2,7 +2,7 @@
 
 A model trained by next-token prediction on a fixed chain should reach the entropy rate
 (the "bigram" global minimum); the unigram local minimum predicts the stationary marginal
-and pays H(pi). For a binary chain with p = P(1|0), q = P(0|1) (REFERENCE.md section 2):
+and pays H(pi). For a binary chain with p = P(1|0), q = P(0|1) (docs/theory.md section 2):
 
     pi = (q, p) / (p + q),   entropy rate = (q h(p) + p h(q)) / (p + q),   unigram = h(pi_1).
 
@@ -165,8 +165,8 @@ def in_context_losses(
     ``per_position_se``; index 0 is n = 1) and ``mean``, ``se``: the mean over positions
     and its SE across sequences (sequences are independent, positions are not).
 
-    REFERENCE.md's numbers (S = 2, 101 tokens: 0.693 / 0.575 / 0.510 / 0.480; S = 3:
-    1.099 / 1.003 / 0.886 / 0.819) are reproduced within the error of 20k sequences with
+    The published numbers (docs/theory.md section 2; S = 2, 101 tokens: 0.693 / 0.577 /
+    0.511 / 0.481; S = 3: 1.099 / 1.004 / 0.886 / 0.819) are reproduced within the error of 20k sequences with
     this position convention and ``InContextChain(init="stationary")``. With 1M sequences
     that convention gives unigram / bigram / oracle 0.5773 / 0.5106 / 0.4810 (S = 2) and
     1.0044 / 0.8860 / 0.8190 (S = 3), SE <= 0.0002; uniform first tokens (the default)

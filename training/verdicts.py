@@ -39,7 +39,7 @@ with the highest order reached: "order-k (optimal)", "order-j", "marginal", or "
 "bigram" also requires order k: a first-order predictor on a full-history order-2 chain
 (about 10% of the gap above L*, within the 0.2 rule) is "neither", labelled "order-1".
 
-Plateau (REFERENCE.md section 3): ``plateau_exit_step`` is the first evaluated step with
+Plateau (docs/theory.md section 3): ``plateau_exit_step`` is the first evaluated step with
 r < 1/2 (eval loss below the midpoint of L* and L_u) after an evaluation with r >= 1/2, None
 if that never happens (also when the run starts below the midpoint). ``plateau_steps`` counts
 the updates spent at the unigram point: the sum of the evaluation intervals that start at an
