@@ -727,7 +727,7 @@ EXPERIMENTS: dict[str, tuple[Callable, Callable, str]] = {
 MEASURED = {
     "tying": "10 seeds per cell (40 runs): 4 min",
     "depth": "5 seeds per depth (20 runs): 4 min",
-    "second-order": "3 seeds per cell (27 runs): 28 min",
+    "second-order": "5 seeds per cell (45 runs): about 50 min (3 seeds: 28 min)",
     "phase-diagram": "10 seeds per cell (400 runs): 46 min",
 }
 
