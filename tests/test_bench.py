@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 
 import pytest
@@ -47,8 +48,14 @@ def test_bench_tiny_prints_one_ratio_line_per_comparison(tmp_path, capsys):
     assert sum(n.startswith("sampler (") for n in names) == 2
     assert any(n.startswith("tying reproduction, REDUCED") for n in names)
     assert any(n.startswith("depth reproduction, REDUCED") for n in names)
-    for ln in ratio_lines:
-        assert float(LINE.match(ln)["r"]) > 0
+    # each printed ratio is B / A of the two measured times it names (no timing asserted)
+    comparisons = json.loads(out_json.read_text())["comparisons"]
+    for c in comparisons:
+        if c["ratio"] is not None:
+            assert c["a_seconds"] > 0 and c["b_seconds"] > 0
+            assert c["ratio"] == pytest.approx(c["b_seconds"] / c["a_seconds"])
+            assert f"{c['ratio']:.1f}x" in c["line"]
+    assert {c["line"] for c in comparisons} >= set(ratio_lines)
     # patching: a ratio line when interp.patching_bench exists, else a clear skip line
     assert any(ln.startswith("patching") and (LINE.match(ln) or "skipped (" in ln) for ln in lines)
     for title in ("sequence length", "ensemble members", "depth (layers)"):
@@ -76,7 +83,10 @@ def test_bench_tiny_step_window_ensemble_startup(tmp_path, capsys):
     # every ratio is positive: checked on the exact values (the JSON below); a printed ratio
     # is rounded to one decimal, and `markov-lens --help` against `import torch` can be 0.04
     exact = json.loads(out_json.read_text())["comparisons"]
-    assert all(c["ratio"] > 0 for c in exact if c["ratio"] is not None)
+    for c in exact:
+        if c["ratio"] is not None:
+            assert c["a_seconds"] > 0 and c["b_seconds"] > 0
+            assert c["ratio"] == pytest.approx(c["b_seconds"] / c["a_seconds"])
     assert {c["line"] for c in exact} >= set(ratio_lines)
     pairs = [(m["name"], m["a"], m["b"]) for m in map(LINE.match, ratio_lines)]
 
@@ -219,8 +229,10 @@ def test_peak_memory_sees_a_large_allocation():
         float(x.sum())
         time.sleep(0.05)  # the resident set is sampled every 5 ms
         del x
-    if mem.peak is not None:  # /proc is there (Linux)
-        assert mem.peak >= 48 * 2**20
+    if sys.platform.startswith("linux"):  # /proc is there: a figure must come out
+        assert mem.peak is not None and mem.peak >= 48 * 2**20
+    else:
+        assert mem.peak is None or mem.peak >= 48 * 2**20
 
 
 def test_saved_activation_bytes_counts_what_backward_keeps():

@@ -143,3 +143,9 @@ def test_surface_through_anchors(setup, gen, tmp_path):
     )
     ax.figure.savefig(tmp_path / "surface.png")
     assert (tmp_path / "surface.png").stat().st_size > 0
+    assert ax.get_xlabel().startswith("alpha (|d1| = ") and ax.get_ylabel().startswith("beta")
+    texts = [t.get_text() for t in ax.texts]
+    assert {"c", "a", "b"} <= set(texts) and "a" in texts  # trajectory and named points
+    trajectory = ax.lines[0]
+    assert list(trajectory.get_xdata()) == pytest.approx(proj.coords[:, 0].tolist())
+    assert list(trajectory.get_ydata()) == pytest.approx(proj.coords[:, 1].tolist())

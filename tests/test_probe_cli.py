@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from figures import assert_drawn
 
 from interp.cli import main
 from probes.sweeps import COLUMNS, ProbeConfig, pivot, read_csv, select_steps, write_csv
@@ -50,8 +51,8 @@ def test_probe_writes_csv_config_and_figures(runs, tmp_path, capsys):
     assert {r["step"] for r in rows} == {3} and rows[0]["run"] == "depth1"
     meta = json.loads((out / "probe_config.json").read_text())
     assert meta["probe"]["n_seqs"] == 24 and meta["checkpoints"] == "last"
-    assert (out / "heatmap_score.png").stat().st_size > 0
-    assert (out / "heatmap_selectivity.png").stat().st_size > 0
+    assert_drawn(out / "heatmap_score.png")
+    assert_drawn(out / "heatmap_selectivity.png")
     # a figure left from an earlier run is not overwritten either
     (out / "probes.csv").unlink()
     (out / "probe_config.json").unlink()

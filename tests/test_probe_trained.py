@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from figures import assert_drawn
 
 from interp.cli import main
 from probes.sweeps import ProbeConfig, first_decodable_step, probe_model, probe_run, read_csv
@@ -161,5 +162,5 @@ def test_cli_over_checkpoints(run_dir, tmp_path, capsys, one_thread):
     rows = read_csv(out / "probes.csv")
     assert len(rows) == 2 * 2 * 2 and {r["step"] for r in rows} == {0, 150}
     for name in ("heatmap_score.png", "heatmap_selectivity.png", "steps_next_prob.png"):
-        assert (out / name).stat().st_size > 0
+        assert_drawn(out / name)
     assert "next_prob" in capsys.readouterr().out

@@ -147,3 +147,13 @@ def test_validation_and_plot(tmp_path):
     ax = plot_reduced_landscape(m, flow, resolution=41)
     ax.figure.savefig(tmp_path / "reduced.png")
     assert (tmp_path / "reduced.png").stat().st_size > 0
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("w", "e")
+    labels = set(ax.get_legend_handles_labels()[1])
+    assert {"global minima", "unigram local minima", "saddle (0, -1/sqrt 2)"} <= labels
+    # each flow is drawn from its start (w0, e0) to where it ended
+    starts = {(round(float(ln.get_xdata()[0]), 6), round(float(ln.get_ydata()[0]), 6))
+              for ln in ax.lines if len(ln.get_xdata()) == 11}  # fmt: skip
+    assert {(-1.0, 0.3), (0.5, 0.3)} <= starts
+    ends = flow.states[-1]
+    drawn_ends = [ln for ln in ax.lines if ln.get_marker() == "s"][0]
+    assert list(drawn_ends.get_xdata()) == pytest.approx(ends[:, 1].tolist())
