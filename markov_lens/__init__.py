@@ -40,7 +40,8 @@ EXPORTS: dict[str, str] = {
     "build_run_config": "training.options",
     "train": "training.trainer",
     "train_ensemble": "training.trainer",
-    "load_run": "training.runs",
+    "load_run": "markov_lens.zoo",  # training.runs.load_run, and zoo/NAME for shipped runs
+    "zoo_path": "markov_lens.zoo",
     "run_sweep": "training.sweeps",
     "reproduce": "training.experiments",
     # probes
