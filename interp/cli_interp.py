@@ -94,15 +94,12 @@ def register(subparsers) -> None:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from training.devices import resolve_device
+
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
+        return resolve_device(name)
+    except ValueError as err:
         raise ValueError(f"--device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _open(args: argparse.Namespace, command: str):

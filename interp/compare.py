@@ -50,6 +50,7 @@ from interp.heads import HeadScores, head_scores
 from probes.activations import cache_activations, resolve_components
 from training.chains import InContextChain, MarkovChain, chain_from_dict
 from training.checkpoints import MANIFEST, model_from_checkpoint, read_checkpoint
+from training.devices import resolve_device
 from training.model import MarkovTransformer
 from training.recipe import TrainConfig
 from training.runs import CONFIG, Run, load_run
@@ -61,7 +62,8 @@ MAX_TABLE_CONTEXTS = 64  # transition tables for fixed chains with at most this 
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available, else CPU (training.devices.resolve_device)."""
+    return resolve_device()
 
 
 # ------------------------------------------------------------------------------ subjects

@@ -62,6 +62,7 @@ from interp.hessian import (
 )
 from training.chains import BinaryChain, MarkovChain
 from training.config import ModelConfig
+from training.devices import resolve_device
 from training.inits import init_theta_pi
 from training.references import entropy_rate, stationary_marginal, unigram_loss
 
@@ -163,7 +164,8 @@ class LandscapeConfig:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available, else CPU (training.devices.resolve_device)."""
+    return resolve_device()
 
 
 def sample_tokens(

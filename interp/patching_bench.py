@@ -57,9 +57,9 @@ BENCH_SIZES = {
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from training.devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _sync(device: torch.device) -> None:

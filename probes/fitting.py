@@ -27,12 +27,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from training.devices import resolve_device
+
 DEFAULT_ALPHAS = tuple(10.0**e for e in torch.arange(-6.0, 3.01, 0.5).tolist())
 DEFAULT_L2 = 1e-3
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------------- splits
@@ -166,7 +164,7 @@ def fit_ridge(
 ) -> RidgeProbe:
     """Closed-form ridge with the penalty chosen by ``folds``-fold CV over ``groups`` (sequence
     ids; rows of one group stay together). One alpha: no CV."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     X = X.to(device, torch.float64)
     y = y.to(device, torch.float64)
     if y.ndim == 1:
@@ -277,7 +275,7 @@ def fit_logistic(
     in W for l2 > 0, so the optimum is unique; the biases are defined up to a common shift
     (steps stay orthogonal to it). Two classes are solved in the equivalent one-logit form:
     the symmetric optimum has W = [-w/2, w/2], and l2/2 (|w0|^2 + |w1|^2) = (l2/2)/2 |w|^2."""
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     if not l2 > 0:
         raise ValueError(f"l2 must be > 0 (separable data has no unpenalised optimum), got {l2}")
     if n_classes < 2:

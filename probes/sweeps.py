@@ -65,6 +65,7 @@ from probes.targets import (
     default_targets,
 )
 from training.chains import MarkovChain
+from training.devices import resolve_device
 from training.model import MarkovTransformer
 
 RUN_COLUMNS = ["run", "step", "n_layers", "tied", "window"]
@@ -172,9 +173,7 @@ class ProbeConfig:
         return cls(**d)
 
     def resolved_device(self) -> torch.device:
-        if self.device is not None:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(self.device)
 
 
 @dataclass

@@ -30,13 +30,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from training.seeds import check_seed
+
 INITS = ("stationary", "uniform")
 FAMILIES = ("binary", "kth_order", "in_context")
 ROW_SUM_TOL = 1e-6
 SCAN_BUDGET = 1 << 24  # max elements of one [batch, positions, S^k] transition table
 MAX_KERNEL_ENTRIES = 1 << 24  # S^(k+1): a kernel of 128 MiB (float64)
 MAX_LIFTED_STATES = 1 << 12  # S^k for the exact stationary law (a dense S^k x S^k solve)
-MAX_SEED = (1 << 64) - 1  # torch.Generator.manual_seed's range
 MAX_IN_CONTEXT_STATIONARY = 1 << 8  # S^k of in-context chains with init="stationary":
 # every sequence solves its own S^k x S^k system
 
@@ -52,7 +53,7 @@ def _check_prob(name: str, value: Any) -> float:
     return value
 
 
-def _check_int(name: str, value: Any, minimum: int, what: str = "") -> int:
+def check_int(name: str, value: Any, minimum: int, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}{what}, got {value!r}")
     if value < minimum:
@@ -60,7 +61,7 @@ def _check_int(name: str, value: Any, minimum: int, what: str = "") -> int:
     return int(value)
 
 
-def _check_positive(name: str, value: Any) -> float:
+def check_positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
@@ -76,13 +77,6 @@ def _check_size(states: int, order: int) -> None:
             f"{states}^{order + 1} entries, more than the {MAX_KERNEL_ENTRIES} supported; use "
             "fewer states or a lower order"
         )
-
-
-def _check_seed(seed: Any) -> int:
-    seed = _check_int("seed", seed, 0)
-    if seed > MAX_SEED:
-        raise ValueError(f"seed must be at most 2**64 - 1, got {seed}")
-    return seed
 
 
 def _check_init(init: Any) -> str:
@@ -379,8 +373,8 @@ def _draw(
     chain: MarkovChain, batch: int, length: int, generator, device
 ) -> tuple[Float[Tensor, "Bk M S"], Float[Tensor, "Bk M"], Float[Tensor, "B L"]]:
     """All randomness of one ``sample`` call, in a fixed order: kernels, then uniforms."""
-    _check_int("batch", batch, 1)
-    _check_int("length", length, 1)
+    check_int("batch", batch, 1)
+    check_int("length", length, 1)
     kernels = chain._draw_kernels(batch, generator, device)
     init_law = chain._init_law(kernels)
     u = torch.rand(batch, length, generator=generator, device=device, dtype=torch.float64)
@@ -497,8 +491,8 @@ def add_pseudocount_probs(
     With beta = alpha this is the Dirichlet(alpha) posterior predictive (Bayes optimal for
     in-context chains with independent Dirichlet rows and uniform first tokens).
     """
-    _check_int("order", order, 0)
-    _check_positive("pseudocount", pseudocount)
+    check_int("order", order, 0)
+    check_positive("pseudocount", pseudocount)
     _check_tokens(tokens, n_states)
     B, N = tokens.shape
     S, j = n_states, order
@@ -526,7 +520,7 @@ def transition_counts(
 ) -> Float[Tensor, "*ctx S"]:
     """Counts of (last k tokens, next token) over all sequences, float64 [S]*k + [S]."""
     _check_tokens(tokens, n_states)
-    order = _check_int("order", order, 0)
+    order = check_int("order", order, 0)
     S, k = n_states, order
     if tokens.shape[1] <= k:
         return torch.zeros([S] * (k + 1), dtype=torch.float64, device=tokens.device)
@@ -692,7 +686,7 @@ class KthOrderChain(_FixedKernelChain):
     @classmethod
     def lag(cls, k: int, p: float, q: float, init: str = "stationary") -> KthOrderChain:
         """The paper's lag-k binary chain: x_{n+1} depends only on x_{n-k+1} (k steps back)."""
-        k = _check_int("k", k, 1, " (the lag is the chain's order)")
+        k = check_int("k", k, 1, " (the lag is the chain's order)")
         _check_size(2, k)
         base = BinaryChain(p, q).kernel_tensor()
         kernel = base.view(2, *[1] * (k - 1), 2).expand([2] * (k + 1))
@@ -703,8 +697,8 @@ class KthOrderChain(_FixedKernelChain):
         cls, states: int, p: float, order: int = 1, init: str = "stationary"
     ) -> KthOrderChain:
         """Stay with prob 1-p, move to each other state with p/(S-1); depends on x_n only."""
-        S = _check_int("states", states, 2)
-        order = _check_int("order", order, 1)
+        S = check_int("states", states, 2)
+        order = check_int("order", order, 1)
         _check_size(S, order)
         p = _check_prob("p", p)
         base = torch.full((S, S), p / (S - 1), dtype=torch.float64)
@@ -717,11 +711,11 @@ class KthOrderChain(_FixedKernelChain):
         cls, states: int, order: int, alpha: float = 1.0, seed: int = 0, init: str = "stationary"
     ) -> KthOrderChain:
         """Rows drawn once from Dirichlet(alpha) with ``torch.Generator().manual_seed(seed)``."""
-        S = _check_int("states", states, 2)
-        order = _check_int("order", order, 1)
+        S = check_int("states", states, 2)
+        order = check_int("order", order, 1)
         _check_size(S, order)
-        alpha = _check_positive("alpha", alpha)
-        gen = torch.Generator().manual_seed(_check_seed(seed))
+        alpha = check_positive("alpha", alpha)
+        gen = torch.Generator().manual_seed(check_seed(seed))
         kernel = _dirichlet(alpha, (S**order, S), gen, "cpu").reshape([S] * (order + 1))
         label = f"random(states={S}, order={order}, alpha={alpha:g}, seed={seed})"
         return cls(kernel, init, label=label)
@@ -775,10 +769,10 @@ class InContextChain(MarkovChain):
     family: ClassVar[str] = "in_context"
 
     def __post_init__(self):
-        object.__setattr__(self, "states", _check_int("states", self.states, 2))
-        object.__setattr__(self, "order", _check_int("order", self.order, 1))
+        object.__setattr__(self, "states", check_int("states", self.states, 2))
+        object.__setattr__(self, "order", check_int("order", self.order, 1))
         _check_size(self.states, self.order)
-        object.__setattr__(self, "alpha", _check_positive("alpha", self.alpha))
+        object.__setattr__(self, "alpha", check_positive("alpha", self.alpha))
         if not isinstance(self.doubly_stochastic, bool):
             raise ValueError(f"doubly_stochastic must be a bool, got {self.doubly_stochastic!r}")
         _check_init(self.init)
@@ -803,7 +797,7 @@ class InContextChain(MarkovChain):
     ) -> Float[Tensor, "batch *ctx S"]:
         """``batch`` kernels from the prior, float64 [batch] + [S]*k + [S]."""
         device = torch.device(device or (generator.device if generator is not None else "cpu"))
-        flat = self._draw_kernels(_check_int("batch", batch, 1), generator, device)
+        flat = self._draw_kernels(check_int("batch", batch, 1), generator, device)
         return flat.reshape([batch] + [self.states] * (self.order + 1))
 
     def _draw_kernels(self, batch, generator, device):

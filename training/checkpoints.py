@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from training.config import ModelConfig
+from training.devices import resolve_device
 from training.model import MarkovTransformer
 
 FORMAT = "markov-lens-checkpoint/1"
@@ -287,7 +288,7 @@ def config_difference(expected: ModelConfig, got: ModelConfig) -> str:
 def model_from_checkpoint(
     ckpt: Checkpoint, device: str | torch.device | None = None
 ) -> MarkovTransformer:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     with torch.device("meta"):  # check the shapes before allocating what the config asks
         check_weights_match(MarkovTransformer(ckpt.config), ckpt.weights)
     model = MarkovTransformer(ckpt.config)

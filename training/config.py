@@ -188,13 +188,6 @@ class ModelConfig:
     def final_rms(self) -> bool:
         return False
 
-    @property
-    def n_params(self) -> int:
-        """Parameter count of the model this config builds (tied weights counted once)."""
-        from training.model import MarkovTransformer  # local import: model imports config
-
-        return sum(p.numel() for p in MarkovTransformer(self).parameters())
-
     # --- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

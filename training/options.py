@@ -32,6 +32,7 @@ from training.chains import (
 )
 from training.config import ModelConfig
 from training.recipe import TrainConfig
+from training.seeds import MAX_SEED, check_seed  # noqa: F401 (MAX_SEED: re-exported)
 
 CHAIN_OPTIONS = (
     "p",
@@ -58,16 +59,6 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name !
 MODEL_OPTIONS = tuple(MODEL_ALIASES) + MODEL_FIELDS
 TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 SECTIONS = ("chain", "model", "train", "seed")
-
-
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed: Any) -> int:
-    """A run seed: an integer in 0..2^63-1 (ValueError otherwise)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed!r}")
-    return seed
 
 
 @dataclass

@@ -22,12 +22,12 @@ from training.chains import (
     BinaryChain,
     InContextChain,
     MarkovChain,
-    _check_int,
-    _check_positive,
-    _check_seed,
     add_pseudocount_probs,
+    check_int,
+    check_positive,
     stationary_law,
 )
+from training.seeds import check_seed
 
 # --------------------------------------------------------------------------------- helpers
 
@@ -102,7 +102,7 @@ def order_j_loss(chain: MarkovChain, j: int) -> float:
     unigram loss H(pi), j = k the entropy rate. Non-increasing in j.
     """
     k = chain.order
-    j = _check_int("j", j, 0)
+    j = check_int("j", j, 0)
     if j > k:
         raise ValueError(f"j must be in 0..{k} (the chain's order), got {j}")
     return _ngram_entropy(chain, j + 1) - _ngram_entropy(chain, j)
@@ -174,13 +174,13 @@ def in_context_losses(
     """
     if not isinstance(chain, InContextChain):
         raise ValueError(f"in_context_losses needs an InContextChain, got {type(chain).__name__}")
-    length = _check_int("length", length, 2)
-    n_sequences = _check_int("n_sequences", n_sequences, 2)
-    beta = _check_positive("beta", beta)
-    chunk = _check_int("chunk", chunk, 1)
+    length = check_int("length", length, 2)
+    n_sequences = check_int("n_sequences", n_sequences, 2)
+    beta = check_positive("beta", beta)
+    chunk = check_int("chunk", chunk, 1)
     S, k = chain.n_states, chain.order
     names = ("uniform", "unigram", "bigram", "bayes", "oracle")
-    gen = torch.Generator().manual_seed(_check_seed(seed))
+    gen = torch.Generator().manual_seed(check_seed(seed))
     total = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     total_sq = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     seq_means = {n: [] for n in names}

@@ -49,6 +49,7 @@ from torch import Tensor
 from training.chains import InContextChain, MarkovChain, add_pseudocount_probs, chain_from_dict
 from training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from training.config import ModelConfig
+from training.devices import resolve_device  # noqa: F401 (also imported from here)
 from training.inits import apply_init
 from training.locks import lock_directory
 from training.model import MarkovTransformer
@@ -123,21 +124,6 @@ def derive_seed(seed: int, stream: int, step: int = 0) -> int:
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"invalid device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {name!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
-        )
-    return device
 
 
 # --------------------------------------------------------------------------- optimiser
