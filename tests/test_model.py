@@ -337,7 +337,7 @@ def test_hook_names_and_shapes(any_cfg, use_attn_result):
     toks = tokens_for(any_cfg, 3, 11)
     logits, cache = model.run_with_cache(toks)
     assert isinstance(cache, ActivationCache)
-    assert shapes(cache.cache_dict) == expected_hooks(any_cfg, 3, 11)
+    assert shapes(cache.cache_dict) == expected_hooks(model.cfg, 3, 11)
     # hooks are identities: the cached run is the explicit branch, bit for bit; the
     # default (fused) branch computes the same function
     explicit = MarkovTransformer(any_cfg, seed=0)
@@ -802,3 +802,11 @@ def test_good_init_means_what_it_meant_only_in_the_simplified_model():
     _, c = linear.run_with_cache(toks)
     resid = c["blocks.0.hook_resid_pre"][0]  # x * e + W_pos: token 1 adds -1 per entry
     assert torch.allclose(resid[1] - resid[0], torch.full((8,), -1.0))
+
+
+def test_the_model_never_mutates_the_callers_config():
+    cfg = tiny()
+    before = cfg.to_dict()
+    model = MarkovTransformer(cfg, seed=0).to(torch.float64).to("cpu")
+    model.set_use_attn_result(True)
+    assert cfg.to_dict() == before and model.cfg is not cfg

@@ -20,6 +20,7 @@ Stacks of K members run this same module under torch.func.vmap (training.stacked
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
@@ -244,6 +245,7 @@ class MarkovTransformer(HookedRootModule):
 
     def __init__(self, cfg: ModelConfig, seed: int | None = None):
         super().__init__()
+        cfg = dataclasses.replace(cfg)  # its own copy: .to() records the device in it
         self.cfg = cfg
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
