@@ -6,7 +6,7 @@ python benchmarks/bench_ensemble.py --tables quick      # also the scaling table
 Prints ``ensemble training (...): M-member ensemble X tok/s vs M sequential runs Y tok/s: R.Rx``
 (both sides run in this process, in memory, same configs and seeds; nothing extrapolated),
 the data-sampling share of the ensemble step, both sides' peak memory, and which of the two
-paths the sweeps take at this setting (training.ensemble.stacking_pays) and whether it is the
+paths the sweeps take at this setting (training.sweeps.ensemble.stacking_pays) and whether it is the
 faster one measured.
 """
 

@@ -1,6 +1,7 @@
-"""Ensemble training (training.ensemble): the batched forward equals the model, the stacked
-sampler equals each chain's sampler, and an ensemble run equals trainer.train run by run
-(metrics, final weights, verdicts, run directories, resume, divergence, sweeps)."""
+"""Ensemble training (training.stacked, training.trainer.train_ensemble, and the sweep
+backend "ensemble": training.sweeps.ensemble): the batched forward equals the model, the
+stacked sampler equals each chain's sampler, and an ensemble run equals trainer.train run by
+run (metrics, final weights, verdicts, run directories, resume, divergence, sweeps)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,19 @@ import torch
 
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
-from training.ensemble import (
-    Member,
-    StackedWeights,
-    architecture_key,
-    ensemble_backend,
-    ensemble_logits,
-    plan_groups,
-    sample_members,
-    train_ensemble,
-)
 from training.model import MarkovTransformer
 from training.options import build_run_config
 from training.recipe import TrainConfig
 from training.runs import load_run
-from training.trainer import TIMING_KEYS, train
+from training.stacked import (
+    Member,
+    StackedWeights,
+    architecture_key,
+    ensemble_logits,
+    sample_members,
+)
+from training.sweeps.ensemble import ensemble_backend, plan_groups
+from training.trainer import TIMING_KEYS, train, train_ensemble
 
 RTOL = 1e-4
 

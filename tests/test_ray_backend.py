@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from interp.cli import build_parser, main
-from training.ray_backend import MARKER_PREFIX, RayBackend, _run_unit, import_ray
 from training.runs import load_run
 from training.sweeps import expand, run_sweep
+from training.sweeps.ray import MARKER_PREFIX, RayBackend, _run_unit, import_ray
 
 build_parser()  # every CLI module imported, as `markov-lens` does
 RAY_IMPORTED_BY_THE_PACKAGE = "ray" in sys.modules  # at collection, before any test runs
@@ -85,7 +85,7 @@ def test_sweep_on_a_local_ray_instance_matches_the_local_backend(tmp_path, monke
     with open(tmp_path / "on_ray" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
     # ensemble=True: the two runs (one architecture and recipe) trained as one Ray task, the
-    # trainer's runs up to float rounding (training.ensemble)
+    # trainer's runs up to float rounding (training.sweeps.ensemble)
     assert [r["verdict"] for r in ensembled.rows] == [r["verdict"] for r in local.rows]
     for row, ref in zip(ensembled.rows, local.rows, strict=True):
         assert row["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=1e-4)

@@ -26,7 +26,7 @@ Sections (``run_benchmarks``; modes "full", "quick" (a few minutes on a 2-core C
 - ensemble: train_ensemble of K members (different seeds and chains, one shape) vs K
   sequential trainer.train runs, in memory, same configs, at lengths 256 and 1024;
   aggregate training tokens/s, and which of the two paths the sweeps take there
-  (training.ensemble.stacking_pays) and whether it is the faster one measured.
+  (training.sweeps.ensemble.stacking_pays) and whether it is the faster one measured.
 - sampler: training.sampler_bench (vectorised scan vs the per-position loop).
 - patching: a callable given by the caller (interp.cli_bench passes interp.patching_bench;
   training does not import interp).
@@ -58,21 +58,21 @@ import torch
 
 from training.chains import BinaryChain
 from training.config import ModelConfig
-from training.ensemble import (
-    Member,
-    StackedWeights,
-    ensemble_backend,
-    member_batches,
-    member_losses,
-    stacked_logits,
-    stacking_pays,
-    train_ensemble,
-)
 from training.fused_attention import kernel_status
 from training.model import MarkovTransformer, per_token_loss
 from training.options import build_run_config
 from training.recipe import TrainConfig
-from training.trainer import derive_seed, make_generator, make_optimizer, resolve_device, train
+from training.stacked import Member, StackedWeights, member_losses, stacked_logits
+from training.sweeps.ensemble import ensemble_backend, stacking_pays
+from training.trainer import (
+    derive_seed,
+    make_generator,
+    make_optimizer,
+    member_batches,
+    resolve_device,
+    train,
+    train_ensemble,
+)
 
 MODES = ("full", "quick", "tiny")
 SECTIONS = (
@@ -645,7 +645,7 @@ def compare_ensemble(
 
 def sweep_path(train_config: TrainConfig, ratio: float | None) -> dict[str, Any]:
     """Which path the sweeps take for runs of the paper's model with `train_config`
-    (training.ensemble.stacking_pays on that RunConfig: "stacked" or "one by one") and
+    (training.sweeps.ensemble.stacking_pays on that RunConfig: "stacked" or "one by one") and
     whether it is the faster one by the measured ratio (sequential time / ensemble time)."""
     chain = {"p": CHAINS[0][0], "q": CHAINS[0][1]}
     stacked = stacking_pays(build_run_config({"chain": chain, "train": train_config.to_dict()}))

@@ -369,7 +369,7 @@ def _successors(
     return shifted + x.transpose(1, 2)
 
 
-def _draw(
+def draw_randomness(
     chain: MarkovChain, batch: int, length: int, generator, device
 ) -> tuple[Float[Tensor, "Bk M S"], Float[Tensor, "Bk M"], Float[Tensor, "B L"]]:
     """All randomness of one ``sample`` call, in a fixed order: kernels, then uniforms."""
@@ -386,7 +386,7 @@ def _first_states(init_law: Float[Tensor, "Bk M"], u0: Float[Tensor, " B"]) -> I
     return torch.searchsorted(cum, u0[:, None].contiguous(), right=True)[:, 0]
 
 
-def _sample_scan(
+def sample_scan(
     kernels: Float[Tensor, "Bk M S"],
     init_law: Float[Tensor, "Bk M"],
     u: Float[Tensor, "B L"],
@@ -422,7 +422,7 @@ def sample_reference_loop(
     identical tokens.
     """
     device = torch.device(device or (generator.device if generator is not None else "cpu"))
-    kernels, init_law, u = _draw(chain, batch, length, generator, device)
+    kernels, init_law, u = draw_randomness(chain, batch, length, generator, device)
     S, k = chain.n_states, chain.order
     M = S**k
     z = _first_states(init_law, u[:, 0])
@@ -571,8 +571,8 @@ class MarkovChain:
         kernels, float64 of shape [batch] + [S]*k + [S] (fixed chains: theirs, expanded).
         """
         device = torch.device(device or (generator.device if generator is not None else "cpu"))
-        kernels, init_law, u = _draw(self, batch, length, generator, device)
-        tokens = _sample_scan(kernels, init_law, u, self.order)
+        kernels, init_law, u = draw_randomness(self, batch, length, generator, device)
+        tokens = sample_scan(kernels, init_law, u, self.order)
         if not return_kernels:
             return tokens
         shape = [batch] + [self.n_states] * (self.order + 1)

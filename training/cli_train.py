@@ -363,7 +363,7 @@ def run_sweep_cmd(args: argparse.Namespace) -> int:
     if args.address is not None:
         if backend != "ray":
             raise ValueError("--address needs --backend ray")
-        from training.ray_backend import RayBackend
+        from training.sweeps.ray import RayBackend
 
         backend = RayBackend(address=args.address)
     result = run_sweep(spec, args.out, workers=args.workers, backend=backend, force=args.force)

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from training.chains import MarkovChain, _draw, _sample_scan
+from training.chains import MarkovChain, draw_randomness, sample_scan
 from training.config import ModelConfig
 from training.model import MarkovTransformer, per_token_loss
 from training.options import RunConfig
@@ -77,7 +77,7 @@ def check_same_architecture(configs: Sequence[ModelConfig]) -> None:
                 raise ValueError(
                     f"ensemble members must share one architecture: member {i} has "
                     f"{name}={key[name]!r} but member 0 has {name}={ref[name]!r} (group runs "
-                    "by training.ensemble.architecture_key and train each group separately)"
+                    "by training.stacked.architecture_key and train each group separately)"
                 )
 
 
@@ -217,11 +217,11 @@ def sample_members(
     for (_, k), idx in groups.items():
         kernels, laws, uniforms = [], [], []
         for m in idx:
-            K, law, u = _draw(chains[m], batch, length, generators[m], device)
+            K, law, u = draw_randomness(chains[m], batch, length, generators[m], device)
             kernels.append(K.expand(batch, -1, -1))
             laws.append(law.expand(batch, -1))
             uniforms.append(u)
-        tokens = _sample_scan(torch.cat(kernels), torch.cat(laws), torch.cat(uniforms), k)
+        tokens = sample_scan(torch.cat(kernels), torch.cat(laws), torch.cat(uniforms), k)
         for j, m in enumerate(idx):
             out[m] = tokens[j * batch : (j + 1) * batch]
     return torch.stack(out)

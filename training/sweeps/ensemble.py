@@ -16,8 +16,9 @@ tasks are trained together:
   (measured, ``markov-lens bench``), so there a group is trained member by member instead
   (``stacking_pays``): the backend never takes the slower path.
 
-For compatibility, the stacking names (Member, StackedWeights, ensemble_logits,
-sample_members, architecture_key, train_ensemble, ...) are importable from here.
+The stacking itself (Member, StackedWeights, stacked_logits, ...) lives in training.stacked
+and its training loop in training.trainer; tasks alone in their group go to the local
+backend (training.sweeps.local).
 """
 
 from __future__ import annotations
@@ -30,19 +31,9 @@ from typing import Any
 import torch
 
 from training.options import RunConfig, build_run_config
-from training.stacked import (  # noqa: F401 - re-exported
-    NON_ARCHITECTURE_FIELDS,
-    Member,
-    StackedWeights,
-    architecture_key,
-    check_same_architecture,
-    clip_member_grads,
-    ensemble_logits,
-    member_losses,
-    sample_members,
-    stacked_logits,
-)
-from training.trainer import member_batches, resolve_device, train_ensemble  # noqa: F401
+from training.stacked import architecture_key
+from training.sweeps.local import local_backend, one_torch_thread
+from training.trainer import resolve_device, train_ensemble
 
 # Default cap on members per stack: members * batch * seq_len * n_layers * d_model (floats
 # of residual stream per step) is kept under this many. Measured on CPU: about 200-250 bytes of
@@ -69,8 +60,8 @@ def _task_dict(task: Any) -> dict[str, Any]:
 
 
 def group_key(task: Any) -> str:
-    """JSON key shared by sweep tasks (training.sweeps.RunTask or its dict) that can be
-    trained as one ensemble: same architecture and same recipe (device included)."""
+    """JSON key shared by sweep tasks (training.sweeps.spec.RunTask or its dict) that can
+    be trained as one ensemble: same architecture and same recipe (device included)."""
     t = _task_dict(task)
     rc = build_run_config(t["options"] | {"seed": t["seed"]})
     return json.dumps(
@@ -116,9 +107,10 @@ def plan_groups(
 
 
 def run_group(tasks: Sequence[Any], progress: bool = False) -> list[dict[str, Any]]:
-    """Train sweep tasks (training.sweeps.RunTask or their dicts: options, seed, run_dir) of
-    one architecture and recipe as one ensemble, resuming interrupted ones; finished ones are
-    only read. Returns their summaries (a diverged member's is its "diverged" summary)."""
+    """Train sweep tasks (training.sweeps.spec.RunTask or their dicts: options, seed,
+    run_dir) of one architecture and recipe as one ensemble, resuming interrupted ones;
+    finished ones are only read. Returns their summaries (a diverged member's is its
+    "diverged" summary)."""
     ts = [_task_dict(t) for t in tasks]
     configs = [build_run_config(t["options"] | {"seed": t["seed"]}) for t in ts]
     results = train_ensemble(
@@ -129,10 +121,6 @@ def run_group(tasks: Sequence[Any], progress: bool = False) -> list[dict[str, An
         progress=progress,
     )
     return [dict(r) for r in results]
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def _run_group_reporting(tasks: list[dict]) -> str | None:
@@ -178,8 +166,6 @@ def ensemble_backend(
     (measured, see README "Performance"). CUDA groups run in this process, one at a time.
     If an ensemble fails, its tasks are handed to `run_fn` one by one (it resumes each from
     the ensemble's checkpoints, or reports the error)."""
-    from training.sweeps import local_backend
-
     groups, rest = plan_groups(tasks, max_members)
     cuda = [g for g in groups if _on_cuda(g)]
     jobs = [part for g in groups if g not in cuda for part in _split(g, workers)]
@@ -209,7 +195,7 @@ def ensemble_backend(
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_one_thread
+            max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=one_torch_thread
         ) as ex:
             futures = {ex.submit(_run_group_reporting, job): job for job in jobs}
             for fut in as_completed(futures):

@@ -3,7 +3,7 @@
 ``run_sweep(spec, out, backend=RayBackend(address=...))`` (CLI: ``markov-lens sweep SPEC
 --backend ray [--address ADDR]``) sends every pending run to Ray as one task (with
 ``ensemble=True``, runs of one architecture and recipe go as one task that trains them
-together, training.ensemble). The spec, the run directories, the resume logic and the
+together, training.sweeps.ensemble). The spec, the run directories, the resume logic and the
 aggregate are the sweep's own: each Ray task calls the sweep's ``run_task`` on its run, so a
 run trains exactly as with the local backend (one torch thread per CPU the task asks for)
 and the results table is the same.
@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from training.sweeps.tasks import result_row
 
 INSTALL_HINT = "pip install 'markov-lens[ray]'"
 MARKER_PREFIX = ".markov-lens-ray-"
@@ -166,7 +168,7 @@ class RayBackend:
         one run each."""
         if not self.ensemble:
             return [[t] for t in tasks]
-        from training.ensemble import plan_groups
+        from training.sweeps.ensemble import plan_groups
 
         groups, rest = plan_groups(tasks)
         return groups + [[t] for t in rest]
@@ -196,7 +198,7 @@ def _run_unit(
         return [_failed_row(t, error) for t in tasks]
     torch.set_num_threads(threads)
     if len(tasks) > 1:
-        from training.ensemble import run_group
+        from training.sweeps.ensemble import run_group
 
         try:
             run_group(tasks)
@@ -230,9 +232,7 @@ def _write_marker(tasks: list[dict]) -> tuple[str, str]:
 
 
 def _failed_row(task: dict, error: str) -> dict[str, Any]:
-    from training.sweeps import _row
-
-    return _row(task, None, error=error)
+    return result_row(task, None, error=error)
 
 
 def _ray_error(err: Exception) -> str:
