@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from interp.atlas.claims import check_claims
 from interp.atlas.labels import THRESHOLDS
 from training.stats import bootstrap_interval, fmt_fraction, fmt_interval, wilson_interval
 from training.sweeps import markdown_table, write_csv
@@ -163,6 +164,14 @@ def atlas_markdown(
         "enters the output (direct-path shares, confirmed by mean ablation); 'marginal only': "
         "the prediction ignores the context.",
         "",
+    ]
+    lines += [
+        "## The paper's claims, per seed",
+        "",
+        "Held when the whole Wilson 95% interval of the fraction of seeds lies above 1/2, not "
+        "held when below, undecided otherwise (interp/atlas/claims.py).",
+        "",
+        markdown_table(check_claims(rows), ["claim", "held for", "status"]),
     ]
     for axis in ("layers", "window", "tie", "mlp"):
         lines += [f"## Pooled by {axis} (over the other axes)", ""]
