@@ -14,14 +14,9 @@ import argparse
 
 import torch
 
-from training.bench import (
-    SETTINGS,
-    compare_ensemble,
-    format_table,
-    machine_line,
-    scaling_tables,
-    sweep_path,
-)
+from benchmarks.ensemble import compare_ensemble, format_table, scaling_tables, sweep_path
+from benchmarks.measure import machine_line
+from benchmarks.settings import SETTINGS
 from training.config import ModelConfig
 from training.recipe import TrainConfig
 from training.trainer import resolve_device

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from interp.patching_bench import benchmark_patching, format_row
+from benchmarks.patching import benchmark_patching, format_row
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,7 +5,7 @@ python benchmarks/bench_sampler.py [--batch 16] [--length 1024] [--repeats 10]
 
 import argparse
 
-from training.sampler_bench import benchmark_sampler, format_rows
+from benchmarks.sampler import benchmark_sampler, format_rows
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -6,17 +6,17 @@ python benchmarks/bench_step.py --windows 2,8,32,full --lengths 512,1024,2048
 Prints ``paper step (...): fused kernel vs SDPA: R.Rx`` and ``... vs explicit``, the step
 next to its attention FLOP bound at this machine's measured fp32 matmul rate, and (with
 --lengths) ``window cost (N=..): window M vs full attention`` lines and a table, all measured
-in this process (training.bench; the "step" and "window" sections of markov-lens bench).
+in this process (benchmarks.step; the "step" and "window" sections of markov-lens bench).
 """
 
 import argparse
 
 import torch
 
-from training.bench import (
+from benchmarks.measure import machine_line
+from benchmarks.step import (
     compare_step,
     format_window_table,
-    machine_line,
     matmul_gflops,
     window_comparisons,
     window_rows,

@@ -5,7 +5,9 @@ imported from its home package on first use (``import markov_lens`` itself impor
 heavy). The packages behind it: ``training`` (chains, exact references, the model, the
 trainer, runs, sweeps, the paper's experiments), ``probes`` (linear probes with controls)
 and ``interp`` (attention, heads, attribution, patching, the loss landscape, comparisons,
-reports, the atlas).
+reports, the atlas). The ``markov-lens`` command line lives in ``markov_lens.cli`` and the
+shipped runs in ``markov_lens.zoo``; ``import markov_lens`` imports neither (``load_run``
+and ``zoo_path`` load the zoo on first use).
 
     import markov_lens as ml
     chain = ml.BinaryChain(0.5, 0.8)

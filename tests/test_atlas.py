@@ -240,7 +240,7 @@ def test_tiny_atlas_end_to_end_and_resume(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from interp.cli import main
+    from markov_lens.cli import main
 
     assert main(["atlas", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
@@ -254,3 +254,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         load_atlas(tmp_path / "nowhere")
+
+
+def test_claims_count_seeds_and_call_status():
+    from interp.atlas.claims import check_claims
+
+    base = {"chain": "p0.5-q0.8", "layers": 1, "tie": True, "mlp": True, "window": "full"}
+    rows = [base | {"carrier": "none", "reached": False}] * 9 + [
+        base | {"carrier": "mlp", "reached": True}
+    ]
+    rows += [base | {"carrier": "failed"}]  # not measured: not counted
+    first = check_claims(rows)[0]
+    assert first["claim"].startswith("1 layer, tied, p+q > 1")
+    assert (first["k"], first["n"], first["status"]) == (9, 10, "held")
+    assert first["held for"] == "9/10 [0.60, 0.98]"
+    assert check_claims(rows)[4]["status"] == "no runs"

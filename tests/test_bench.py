@@ -1,4 +1,4 @@
-"""`markov-lens bench` (interp.cli_bench over training.bench) in its tiny mode: every
+"""`markov-lens bench` (markov_lens.cli.bench over the benchmarks package) in its tiny mode: every
 comparison is one `NAME: A vs B: R.Rx` line measured in process, plus the tables; bad
 options are clear errors."""
 
@@ -12,17 +12,10 @@ import time
 import pytest
 import torch
 
-from interp.cli import main
-from training.bench import (
-    Comparison,
-    PeakMemory,
-    attention_flops,
-    format_table,
-    format_window_table,
-    saved_activation_bytes,
-    sweep_path,
-    window_comparisons,
-)
+from benchmarks.ensemble import format_table, sweep_path
+from benchmarks.measure import Comparison, PeakMemory, saved_activation_bytes
+from benchmarks.step import attention_flops, format_window_table, window_comparisons
+from markov_lens.cli import main
 from training.config import ModelConfig
 from training.recipe import TrainConfig
 
@@ -56,7 +49,7 @@ def test_bench_tiny_prints_one_ratio_line_per_comparison(tmp_path, capsys):
             assert c["ratio"] == pytest.approx(c["b_seconds"] / c["a_seconds"])
             assert f"{c['ratio']:.1f}x" in c["line"]
     assert {c["line"] for c in comparisons} >= set(ratio_lines)
-    # patching: a ratio line when interp.patching_bench exists, else a clear skip line
+    # patching: a ratio line when benchmarks.patching can be imported, else a clear skip line
     assert any(ln.startswith("patching") and (LINE.match(ln) or "skipped (" in ln) for ln in lines)
     for title in ("sequence length", "ensemble members", "depth (layers)"):
         assert f"step time against {title}" in out

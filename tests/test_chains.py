@@ -382,7 +382,7 @@ def test_add_beta_estimator_matches_brute_force(S, j, gen):
 
 
 def test_benchmark_sampler_smoke():
-    from training.sampler_bench import benchmark_sampler, format_rows
+    from benchmarks.sampler import benchmark_sampler, format_rows
 
     threads = torch.get_num_threads()
     rows = benchmark_sampler(batch=2, length=32, repeats=1)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from interp.cli import main
+from markov_lens.cli import main
 from training.chains import KthOrderChain
 from training.references import reference_losses
 
@@ -120,7 +120,7 @@ def test_bad_kernel_files(capsys, tmp_path):
 
 
 def test_plot_never_replaces_a_file_without_force(tmp_path, capsys):
-    from interp.cli import main
+    from markov_lens.cli import main
 
     target = tmp_path / "mine.png"
     target.write_bytes(b"a figure of mine")

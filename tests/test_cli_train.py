@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from interp.cli import main
+from markov_lens.cli import main
 from training.runs import load_run
 
 TINY = [

@@ -10,7 +10,6 @@ import pytest
 import torch
 from tiny_runs import CHAIN, SEQ_LEN, one_thread, train_tiny
 
-from interp.cli import main
 from interp.compare import (
     ComparisonConfig,
     cka_matrix,
@@ -20,6 +19,7 @@ from interp.compare import (
     named_weights,
     parameter_distances,
 )
+from markov_lens.cli import main
 from training.chains import BinaryChain, KthOrderChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer

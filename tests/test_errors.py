@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from interp.cli import main
+from markov_lens.cli import main
 
 
 @pytest.fixture

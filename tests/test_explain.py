@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from interp.cli import main
 from interp.explain import (
     ExplainConfig,
     explain_model,
@@ -14,6 +13,7 @@ from interp.explain import (
     mechanistic_verdict,
     write_report,
 )
+from markov_lens.cli import main
 from training.chains import BinaryChain, InContextChain
 from training.config import ModelConfig
 from training.recipe import TrainConfig

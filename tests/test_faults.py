@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import training.checkpoints as checkpoints
-from interp.cli import main
+from markov_lens.cli import main
 from training.checkpoints import CheckpointError, read_checkpoint
 from training.locks import LOCK_FILE, DirectoryLock, DirectoryLocked, is_locked, read_lock
 from training.options import build_run_config
@@ -96,7 +96,7 @@ SLOW_SPEC = {  # 3 runs of a few seconds each, resume checkpoints every 5 update
 
 def sweep_process(spec_path: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "interp.cli", "sweep", str(spec_path), "--out", str(out)]
+        [sys.executable, "-m", "markov_lens.cli", "sweep", str(spec_path), "--out", str(out)]
         + ["--workers", "1"],
         cwd=REPO,
         env=ENV,
@@ -257,7 +257,7 @@ TINY_RUN = {
 }
 
 
-def cli_train(out: Path, *extra: str) -> tuple[int, str]:
+def train_via_cli(out: Path, *extra: str) -> tuple[int, str]:
     import contextlib
     import io
 
@@ -311,7 +311,7 @@ def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     # files written: step 0 (weights only: no optimiser state yet), then 2 per checkpoint
     # (steps 1, 2, 4, 8, latest at 12): the 12th file, step 16's weights, fails
     monkeypatch.setattr(checkpoints, "save_file", failing_after(11, fault, checkpoints.save_file))
-    rc, err = cli_train(out)
+    rc, err = train_via_cli(out)
     assert rc == 2, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("markov-lens train: error: cannot save checkpoint ") and message in line
@@ -320,7 +320,7 @@ def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     assert before and not (out / "summary.json").exists()
     monkeypatch.undo()
     torch.set_num_threads(1)
-    rc, err = cli_train(out, "--resume")
+    rc, err = train_via_cli(out, "--resume")
     assert rc == 0, err
     reference = uninterrupted(
         {k: TINY_RUN[k] for k in ("chain", "model", "train")}, seed=TINY_RUN["seed"]
@@ -334,7 +334,7 @@ def test_a_failed_overwrite_keeps_the_previous_resume_checkpoint(tmp_path, monke
     """The rolling `latest` checkpoint is replaced atomically: when writing its successor
     fails (disk full), the old one is still there, verified, with its old step."""
     out = tmp_path / "run"
-    rc, err = cli_train(out, "--stop-at", "20")  # paused: latest at step 20, next save 24
+    rc, err = train_via_cli(out, "--stop-at", "20")  # paused: latest at step 20, next save 24
     assert rc == 0, err
     assert verified_checkpoints(out)["latest"] == 20
     monkeypatch.setattr(
@@ -342,7 +342,7 @@ def test_a_failed_overwrite_keeps_the_previous_resume_checkpoint(tmp_path, monke
         "save_file",
         failing_after(0, OSError(errno.ENOSPC, "No space left on device"), None),
     )
-    rc, err = cli_train(out, "--resume")
+    rc, err = train_via_cli(out, "--resume")
     assert rc == 2 and "cannot save checkpoint" in err and "No space left" in err, err
     after = verified_checkpoints(out)
     assert after["latest"] == 20 and not (out / "summary.json").exists()
@@ -358,12 +358,12 @@ def test_a_real_full_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here")
     try:
         out = mnt / "run"
-        rc, err = cli_train(out)
+        rc, err = train_via_cli(out)
         assert rc == 2, err
         assert "No space left on device" in err and "Traceback" not in err, err
         assert verified_checkpoints(out) and not (out / "summary.json").exists()
         subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
-        rc, err = cli_train(out, "--resume")
+        rc, err = train_via_cli(out, "--resume")
         assert rc == 0, err
         reference = uninterrupted(
             {k: TINY_RUN[k] for k in ("chain", "model", "train")}, seed=TINY_RUN["seed"]
@@ -378,7 +378,7 @@ def test_a_real_full_disk(tmp_path):
 
 def paused_run(tmp_path: Path) -> Path:
     out = tmp_path / "run"
-    rc, err = cli_train(out, "--stop-at", "20")
+    rc, err = train_via_cli(out, "--stop-at", "20")
     assert rc == 0, err
     assert verified_checkpoints(out)["latest"] == 20
     return out
@@ -422,14 +422,14 @@ def test_damaged_checkpoints_are_refused_saying_which(tmp_path, how):
     latest = out / "checkpoints" / "latest"
     damage(latest, how, tmp_path)
     if how == "other_config":
-        rc, err = cli_train(out, "--resume")
+        rc, err = train_via_cli(out, "--resume")
         assert rc == 2, err
         assert re.search(r"(latest|step_000016) is from another config: d_model=16", err), err
         assert read_checkpoint(latest).config.d_model == 16, "the foreign checkpoint was replaced"
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rc, err = cli_train(out, "--resume")
+        rc, err = train_via_cli(out, "--resume")
     assert rc == 0, err
     skipped = [str(w.message) for w in caught if "skipping checkpoint" in str(w.message)]
     assert any("latest" in s and "corrupt" in s for s in skipped), skipped

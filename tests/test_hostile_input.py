@@ -32,7 +32,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from interp.cli import main  # noqa: E402
+from markov_lens.cli import main  # noqa: E402
 from training.chains import (  # noqa: E402
     FAMILIES,
     BinaryChain,

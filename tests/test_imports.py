@@ -1,5 +1,5 @@
-"""The import graph of the package's own modules (training, probes, interp, markov_lens),
-read from the source with `ast`: every ``import x`` and ``from x import y``, at module level
+"""The import graph of the package's own modules (training, probes, interp, markov_lens,
+benchmarks), read from the source with `ast`: every ``import x`` and ``from x import y``, at module level
 or inside functions (including ``if TYPE_CHECKING:`` blocks), counts as an edge; ``from pkg
 import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``.
 
@@ -7,6 +7,8 @@ import name`` is an edge to ``pkg.name`` when that is a module, else to ``pkg``.
   cannot be understood (or imported) one without the other;
 - imports flow one way: ``training`` imports none of the others, ``probes`` only
   ``training``, ``interp`` only ``probes`` and ``training``; ``markov_lens`` may import all;
+  ``benchmarks`` may import training, probes and interp, and only the command line
+  (``markov_lens.cli``) imports ``benchmarks``: no library package does;
 - no module imports another module's private names (``from A import _name``): what other
   modules need is public where it lives.
 """
@@ -17,14 +19,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("training", "probes", "interp", "markov_lens")
-# a module may import the packages of its own rank or lower
-RANK = {"training": 0, "probes": 1, "interp": 2, "markov_lens": 3}
+PACKAGES = ("training", "probes", "interp", "markov_lens", "benchmarks")
+# the packages each package may import
 ALLOWED = {
     "training": {"training"},
     "probes": {"training", "probes"},
     "interp": {"training", "probes", "interp"},
-    "markov_lens": set(PACKAGES),
+    "markov_lens": set(PACKAGES),  # benchmarks: only from markov_lens.cli (below)
+    "benchmarks": {"training", "probes", "interp", "benchmarks"},
 }
 # (importing module, "module._name" imported) pairs allowed to cross modules: none. An entry
 # here that no longer occurs fails the test too.
@@ -168,6 +170,8 @@ def test_the_graph_sees_the_package():
     assert "training.sweeps" in MODULES and is_package("training.sweeps")
     assert "training.sweeps.spec" in edges()["training.sweeps"]  # package -> its submodules
     assert "training.trainer" in edges()["training.sweeps.tasks"]  # inside a function
+    assert "benchmarks.suite" in edges()["markov_lens.cli.bench"]  # inside a function
+    assert "markov_lens.cli" in edges()["markov_lens.cli.chain"]  # from pkg import name
     # `from pkg import module` is an edge to the module, `from pkg import name` to pkg
     fake = {
         "a": {"a.b", "c"},
@@ -194,9 +198,22 @@ def test_imports_flow_one_way():
         if target.split(".")[0] not in ALLOWED[module.split(".")[0]]
     ]
     assert not wrong, (
-        "training imports none of probes/interp/markov_lens, probes imports only training, "
-        "interp only probes and training:\n" + "\n".join(wrong)
+        "training imports none of probes/interp/markov_lens/benchmarks, probes imports only "
+        "training, interp only probes and training, benchmarks only those three:\n"
+        + "\n".join(wrong)
     )
+
+
+def test_only_the_command_line_imports_benchmarks():
+    wrong = [
+        f"{module}:{line} imports {target}"
+        for module, found in GRAPH.items()
+        for target, _, line in found
+        if target.split(".")[0] == "benchmarks"
+        and module.split(".")[0] != "benchmarks"
+        and not (module == "markov_lens.cli" or module.startswith("markov_lens.cli."))
+    ]
+    assert not wrong, "only markov_lens.cli may import benchmarks:\n" + "\n".join(wrong)
 
 
 def private(name: str) -> bool:

@@ -20,7 +20,6 @@ import json
 import pytest
 import torch
 
-from interp.cli import main
 from interp.landscape import (
     LandscapeConfig,
     agreement,
@@ -33,6 +32,7 @@ from interp.landscape import (
     theta_pi_analysis,
     theta_pi_model,
 )
+from markov_lens.cli import main
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.recipe import TrainConfig

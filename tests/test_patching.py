@@ -10,6 +10,7 @@ import torch
 import transformer_lens.patching as tlp
 from transformer_lens import ActivationCache
 
+from benchmarks.patching import benchmark_patching, format_row
 from interp.corruptions import make_patching_data
 from interp.patching import (
     ablation_source,
@@ -21,7 +22,6 @@ from interp.patching import (
     run_ablation,
     run_patching,
 )
-from interp.patching_bench import benchmark_patching, format_row
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
 from training.inits import init_theta_pi

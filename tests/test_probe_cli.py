@@ -7,7 +7,7 @@ import pytest
 import torch
 from figures import assert_drawn
 
-from interp.cli import main
+from markov_lens.cli import main
 from probes.sweeps import COLUMNS, ProbeConfig, pivot, read_csv, select_steps, write_csv
 from training.chains import BinaryChain
 from training.config import ModelConfig

@@ -11,7 +11,7 @@ import pytest
 import torch
 from figures import assert_drawn
 
-from interp.cli import main
+from markov_lens.cli import main
 from probes.sweeps import ProbeConfig, first_decodable_step, probe_model, probe_run, read_csv
 from training.chains import BinaryChain
 from training.config import ModelConfig

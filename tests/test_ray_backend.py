@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from interp.cli import build_parser, main
+from markov_lens.cli import build_parser, main
 from training.runs import load_run
 from training.sweeps import expand, run_sweep
 from training.sweeps.ray import MARKER_PREFIX, RayBackend, _run_unit, import_ray

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 from tiny_runs import one_thread, train_tiny
 
-from interp.cli import main
 from interp.report import ReportConfig, build_report, write_report
+from markov_lens.cli import main
 
 SMALL = ReportConfig(
     n_seqs=8,

@@ -207,7 +207,7 @@ def test_worker_processes_give_the_same_results_as_one_process(tmp_path):
 def test_a_directory_of_another_spec_is_refused_without_force(tmp_path, capsys):
     """v1 replaced results.csv and the aggregate when a second spec ran in the same
     directory; now: same spec resumes, another spec is refused unless forced."""
-    from interp.cli import main
+    from markov_lens.cli import main
 
     small = spec(chain={"p": 0.5, "q": 0.8}, model={"layers": 1, "d_model": 8}, seeds=[0])
     out = tmp_path / "s"

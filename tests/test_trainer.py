@@ -329,7 +329,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
         [
             sys.executable,
             "-m",
-            "interp.cli",
+            "markov_lens.cli",
             "train",
             "--config",
             str(path),
@@ -532,7 +532,7 @@ def test_load_run(tmp_path):
 def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, capsys):
     """Two `train --resume --out R` at once interleaved their metrics in v1; now the second
     refuses, naming the holder, and writes nothing."""
-    from interp.cli import main
+    from markov_lens.cli import main
     from training.locks import DirectoryLocked, lock_directory
 
     run_dir = tmp_path / "r"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from markov_lens.cli import add_command
 from training.chains import (
     BinaryChain,
     InContextChain,
@@ -41,9 +42,9 @@ PREDICTORS = ("uniform", "unigram", "bigram", "bayes", "oracle")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "chain",
-        help="exact reference losses of a Markov chain (nats)",
         description="Print a Markov chain's stationary law, entropy rate (the bigram loss), "
         "unigram loss and order-j losses in nats; Monte Carlo losses for in-context chains.",
         epilog="Name exactly one chain: --p/--q, --lag, --kernel, --random-kernel, --stay "

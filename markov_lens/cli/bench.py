@@ -13,60 +13,25 @@ reproductions (the tying and depth sweeps), scaling (step-time tables), startup
 (markov-lens commands vs `import torch`, fresh processes).
 
 Each comparison prints one line ``NAME: A vs B: R.Rx`` (R = B's time / A's time), measured
-in this process (training.bench). This command lives in interp because it also times the
-batched activation patching of interp.patching_bench against transformer_lens.patching.
+in this process (the benchmarks package: benchmarks.suite.run_benchmarks).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
-from training.bench import SECTIONS, Comparison, run_benchmarks
+from benchmarks.settings import SECTIONS
+from markov_lens.cli import add_command
 
-
-def patching_comparisons(mode: str, device: str) -> list[Comparison]:
-    """interp.patching_bench's comparison(s) as bench Comparisons (a "skipped" one if that
-    module is not available)."""
-    try:
-        bench = importlib.import_module("interp.patching_bench")
-    except ImportError as err:
-        return [
-            Comparison(
-                "patching",
-                "batched",
-                "transformer_lens.patching",
-                None,
-                None,
-                skipped=f"interp.patching_bench is not available: {err}",
-            )
-        ]
-    rows = bench.benchmark_patching(**_patching_sizes(bench, mode, device))
-    return [
-        Comparison(
-            f"patching ({row['name']})",
-            "batched",
-            "transformer_lens.patching",
-            row["batched_s"],
-            row["transformer_lens_s"],
-            row,
-        )
-        for row in rows
-    ]
-
-
-def _patching_sizes(bench, mode: str, device: str) -> dict:
-    sizes = getattr(bench, "BENCH_SIZES", {})
-    return dict(sizes.get(mode, {})) | {"device": device}
+# benchmarks.suite (torch, the model, the trainer) is imported by run.
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "bench",
-        help="measure the speed claims (training step, windows, ensembles, sampler, "
-        "patching, reproductions, start-up)",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -100,6 +65,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    from benchmarks.suite import patching_comparisons, run_benchmarks
 
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())

@@ -1,6 +1,7 @@
 """Speed of the vectorised sampler against the naive per-position loop.
 
-``benchmark_sampler()`` is shared by ``benchmarks/bench_sampler.py`` and ``markov-lens bench``.
+``benchmark_sampler()`` is shared by ``benchmarks/bench_sampler.py`` and ``markov-lens bench``
+(section "sampler").
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from interp.paths import (
     run_trajectory,
 )
 from interp.reduced_model import ReducedModel, plot_reduced_landscape
+from markov_lens.cli import add_command
 from training.chains import BinaryChain, InContextChain, MarkovChain
 from training.config import ModelConfig
 from training.inits import init_theta_pi
@@ -59,9 +60,9 @@ TOKENS_PER_RUN_SAMPLE = 32768
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "landscape",
-        help="Hessian verdicts, loss paths and surfaces, the reduced model",
         description="Test the paper's landscape claims numerically: the Hessian at a point with "
         "a sampling-error-aware verdict (saddle / local minimum / flat), the loss on lines "
         "and planes with training trajectories, and the two-parameter reduced model.",

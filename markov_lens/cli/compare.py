@@ -1,13 +1,11 @@
-"""``markov-lens compare`` and ``markov-lens report``.
+"""``markov-lens compare``: two runs or checkpoints side by side, or one run's timeline.
 
     markov-lens compare RUN_OR_CKPT RUN_OR_CKPT [--out DIR] [--force]   # two models
     markov-lens compare RUN_DIR [--out DIR] [--force]                   # one run's timeline
-    markov-lens report RUN_DIR [--out FILE.html] [--force]              # one-page HTML report
 
-compare writes figures (PNG), summary.md and comparison.json (two models; default
+Writes figures (PNG), summary.md and comparison.json (two models; default
 DIR: ./compare-A-vs-B), or timeline.png, timeline.md and timeline.json (one run; default
-DIR: RUN_DIR/timeline). report writes one self-contained HTML page (default
-RUN_DIR/report.html). Existing outputs are never replaced without --force.
+DIR: RUN_DIR/timeline). Existing outputs are never replaced without --force.
 """
 
 from __future__ import annotations
@@ -16,15 +14,14 @@ import argparse
 import re
 from pathlib import Path
 
-
-def _device(text: str | None):
-    return text or None
+from markov_lens.cli import add_command
+from markov_lens.cli.options import optional_device
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "compare",
-        help="compare two runs or checkpoints, or show one run's checkpoint timeline",
         description="With two RUN_OR_CKPT: both models on the same held-out inputs (loss, "
         "verdict, transition probabilities, attention, head scores, probes, patching), "
         "per-parameter distances (equal shapes only) and linear CKA per hook point. A run "
@@ -58,23 +55,6 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.set_defaults(func=run_compare)
 
-    r = subparsers.add_parser(
-        "report",
-        help="one self-contained HTML page about a run",
-        description="Config, curves, verdict, attention, head scores, patching, probes and "
-        "landscape summary of a run, with every figure embedded (base64 PNG): the page needs "
-        "no network and no other file.",
-    )
-    r.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
-    r.add_argument("--out", metavar="FILE.html", help="output file (RUN_DIR/report.html)")
-    r.add_argument("--force", action="store_true", help="replace an existing report")
-    r.add_argument("--seed", type=int, default=0, help="seed of the analysis inputs (0)")
-    r.add_argument("--no-probes", action="store_true", help="skip the probe table")
-    r.add_argument("--no-patching", action="store_true", help="skip activation patching")
-    r.add_argument("--no-landscape", action="store_true", help="skip the landscape summary")
-    r.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    r.set_defaults(func=run_report)
-
 
 def _slug(path: Path) -> str:
     parts = [p for p in path.resolve().parts[-3:] if p not in ("checkpoints",)]
@@ -105,7 +85,7 @@ def run_compare(args: argparse.Namespace) -> int:
             cka=not args.no_cka,
         )
         _refuse_existing(out, ("timeline.png", "timeline.md", "timeline.json"), args.force)
-        tl = timeline(sources[0], config, device=_device(args.device), progress=True)
+        tl = timeline(sources[0], config, device=optional_device(args.device), progress=True)
         files = tl.save(out, force=args.force)
         exit_step = tl.plateau_exit_step
         print(
@@ -127,7 +107,9 @@ def run_compare(args: argparse.Namespace) -> int:
             patching=not args.no_patching,
         )
         _refuse_existing(out, ("summary.md", "comparison.json"), args.force)
-        cmp = compare(sources[0], sources[1], config, device=_device(args.device), progress=True)
+        cmp = compare(
+            sources[0], sources[1], config, device=optional_device(args.device), progress=True
+        )
         files = cmp.save(out, force=args.force)
         la, lb = cmp.labels
         print(
@@ -148,24 +130,3 @@ def _refuse_existing(out: Path, names, force: bool) -> None:
             f"{out} already holds {', '.join(clash)}; pass --force to replace them or choose "
             "another --out"
         )
-
-
-def run_report(args: argparse.Namespace) -> int:
-    from interp.report import ReportConfig, write_report
-
-    config = ReportConfig(
-        seed=args.seed,
-        probes=not args.no_probes,
-        patching=not args.no_patching,
-        landscape=not args.no_landscape,
-    )
-    path = write_report(
-        args.run_dir,
-        args.out,
-        config=config,
-        force=args.force,
-        device=_device(args.device),
-        progress=True,
-    )
-    print(f"wrote {path}")
-    return 0

@@ -1,23 +1,21 @@
-"""``markov-lens train | sweep | reproduce``: train one run, a grid of runs, or a paper experiment.
+"""``markov-lens train``: train one transformer on a Markov chain, writing a run directory.
 
 markov-lens train --p 0.5 --q 0.8 --layers 1 --d-model 8 --tie --iters 400 --out runs/a
 markov-lens train --config runs/a/config.json --seed 1 --out runs/b     # same run, seed 1
 markov-lens train --resume --out runs/a                                 # continue it
-markov-lens sweep spec.yaml --out runs/sweep1 --workers 2
-markov-lens reproduce tying --quick --out runs/demo
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from markov_lens.cli import add_command
 from training.options import build_run_config
-from training.runs import CONFIG, SUMMARY, read_json
-from training.sweeps import load_spec, markdown_table, run_sweep
+from training.runs import CONFIG, read_json
+from training.sweeps import load_spec, markdown_table
 
 # argparse dest -> (section, option key)
 CHAIN_FLAGS = {
@@ -95,18 +93,9 @@ def _set_threads(n: int | None) -> None:
 
 
 def register(subparsers) -> None:
-    _register_train(subparsers)
-    _register_sweep(subparsers)
-    _register_reproduce(subparsers)
-
-
-# ------------------------------------------------------------------------------ train
-
-
-def _register_train(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "train",
-        help="train one transformer on a Markov chain (writes a run directory)",
         description="Train a transformer on a Markov chain with the paper's recipe (AdamW 2e-3, "
         "OneCycle, batch 16 x 1024, 400 steps; every value can be changed) and write RUN_DIR: "
         "config.json, metrics.jsonl, checkpoints/, summary.json (with the verdict bigram / "
@@ -314,134 +303,4 @@ def run_train(args: argparse.Namespace) -> int:
         )
     else:
         _print_summary(summary, args.out)
-    return 0
-
-
-# ------------------------------------------------------------------------------ sweep
-
-
-def _register_sweep(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sweep",
-        help="train a grid of runs (chain x model x train options x seeds) in parallel",
-        description="Run every combination of the list-valued options in SPEC (YAML or JSON: "
-        "sections chain, model, train with `markov-lens train` option names, and seeds) "
-        "for every seed; finished runs are skipped, so re-running resumes. Writes "
-        "DIR/runs/, DIR/results.csv, DIR/aggregate.csv and DIR/aggregate.md.",
-    )
-    p.add_argument("spec", metavar="SPEC", help="sweep spec file (.yaml, .yml or .json)")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    p.add_argument(
-        "--backend",
-        default="local",
-        help="local (worker processes, default), ensemble (same-shape runs trained as one "
-        "batched computation) or ray",
-    )
-    p.add_argument("--address", help="Ray cluster address (with --backend ray)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
-    p.add_argument(
-        "--force", action="store_true", help="run SPEC in a DIR that holds a sweep of another spec"
-    )
-    p.set_defaults(func=run_sweep_cmd)
-
-
-def run_sweep_cmd(args: argparse.Namespace) -> int:
-    from training.sweeps import expand
-
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    spec = load_spec(args.spec)
-    if args.dry_run:
-        tasks = expand(spec, args.out)
-        for t in tasks:
-            done = " (finished)" if (Path(t.run_dir) / SUMMARY).exists() else ""
-            print(f"{t.run_dir}{done}")
-        print(f"{len(tasks)} runs in {len({t.cell for t in tasks})} cells")
-        return 0
-    backend = args.backend
-    if args.address is not None:
-        if backend != "ray":
-            raise ValueError("--address needs --backend ray")
-        from training.sweeps.ray import RayBackend
-
-        backend = RayBackend(address=args.address)
-    result = run_sweep(spec, args.out, workers=args.workers, backend=backend, force=args.force)
-    print((Path(args.out) / "aggregate.md").read_text(), end="")
-    for key, path in result.files.items():
-        print(f"{key}: {path}")
-    return 0
-
-
-# -------------------------------------------------------------------------- reproduce
-
-
-def _register_reproduce(subparsers) -> None:
-    from training.experiments import EXPERIMENTS, MEASURED
-
-    p = subparsers.add_parser(
-        "reproduce",
-        help="reproduce one of the paper's experiments (figures, CSV, markdown summary)",
-        description="Reproduce an experiment of Makkuva et al. through the sweep machinery "
-        "(parallel, resumable). Experiments: "
-        + "; ".join(f"{k}: {v[2]}" for k, v in EXPERIMENTS.items())
-        + ". Default settings are the paper's; --quick runs in minutes on a 2-core CPU. Measured "
-        "at the paper's settings on a 2-core CPU: "
-        + "; ".join(f"{k}, {v}" for k, v in MEASURED.items())
-        + ".",
-    )
-    p.add_argument(
-        "name", choices=list(EXPERIMENTS), metavar="NAME", help="one of: " + ", ".join(EXPERIMENTS)
-    )
-    p.add_argument("--quick", action="store_true", help="shorter sequences, fewer seeds/cells")
-    p.add_argument(
-        "--size",
-        choices=("full", "quick", "test"),
-        help="settings size (--quick = --size quick; test = tiny, for the test suite)",
-    )
-    p.add_argument("--seeds", type=int, help="seeds per cell (default: 3)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME[-SIZE])")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a DIR that holds this experiment at another size or seed count",
-    )
-    p.set_defaults(func=run_reproduce)
-
-
-def run_reproduce(args: argparse.Namespace) -> int:
-    from training.experiments import claims_table, reproduce
-
-    if args.quick and args.size not in (None, "quick"):
-        raise ValueError(f"--quick conflicts with --size {args.size}")
-    size = args.size or ("quick" if args.quick else "full")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    rep = reproduce(
-        args.name, args.out, size=size, seeds=args.seeds, workers=args.workers, force=args.force
-    )
-    cols = [
-        "seeds",
-        "bigram",
-        "unigram",
-        "neither",
-        "loss_mean",
-        "entropy_rate",
-        "unigram_loss",
-        "on_plateau",
-        "escaped",
-        "exit_step_median",
-    ]
-    keys = [
-        k
-        for k in (rep.table[0] if rep.table else {})
-        if k not in cols and not k.startswith(("finished", "loss_", "plateau_", "wall_"))
-    ]
-    print(f"\n{args.name} ({size}): {len(rep.table)} cells, wall {rep.wall_seconds:.0f} s\n")
-    print(markdown_table(rep.table, keys + cols))
-    print(claims_table(rep.claims))
-    print(f"outputs in {os.path.abspath(rep.out_dir)}:")
-    for path in list(rep.figures.values()) + [rep.files["summary_csv"], rep.files["summary_md"]]:
-        print(f"  {path}")
     return 0

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from markov_lens.cli import add_command
+
 if TYPE_CHECKING:  # probes.sweeps loads the model (transformer_lens): only when probing
     from probes.sweeps import ProbeConfig
 
@@ -35,9 +37,9 @@ def _split_list(values: list[str] | None) -> list[str] | None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "probe",
-        help="linear probes (with control tasks and baselines) on a run's activations",
         description="Fit ridge (continuous targets) and logistic (discrete targets) probes on "
         "cached activations of held-out sequences, split by sequence, with Hewitt-Liang "
         "control tasks, a shuffled-target baseline and a random-init model baseline.",

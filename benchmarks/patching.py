@@ -42,7 +42,7 @@ TL_FUNCTIONS = {
 
 CORRUPTIONS = ("flip", "resample")
 
-# settings of ``markov-lens bench`` per mode (interp.cli_bench reads this)
+# settings of ``markov-lens bench`` per mode (benchmarks.suite.patching_comparisons reads this)
 BENCH_SIZES = {
     "full": {
         "seq_len": 256,

@@ -12,11 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
+from markov_lens.cli import UserError, add_command
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "atlas",
-        help="train and measure a grid of runs: where the kernel lives, by depth and window",
         description="Train every run of a grid (a preset, or a sweep spec: YAML/JSON with the "
         "sweep syntax) and measure each in its worker: flip patching of x_n, x_{n-1}, ... "
         "with direct-path shares and mean ablation, probes with controls, head scores, and "
@@ -49,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from interp.atlas.grid import preset_spec
     from interp.atlas.measure import AtlasConfig
     from interp.atlas.runner import run_atlas
-    from interp.cli import UserError
     from training.sweeps import load_spec
 
     if (args.spec is None) == (args.preset is None):
