@@ -1,0 +1,117 @@
+"""Figures of the landscape: a Hessian spectrum with its flat band, and the theta_pi grid.
+
+matplotlib is imported inside the functions (``Figure`` objects, no pyplot).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from interp.landscape.spectrum import HessianReport
+
+
+def symlog_ticks(low: float, high: float, linthresh: float, n_max: int = 7) -> list[float]:
+    """Major ticks for a symlog axis (linscale 1) over [low, high]: 0 and powers of ten
+    (+-linthresh where no power of ten fits), at most about ``n_max``, kept greedily from
+    the largest magnitude inward only where they are at least 1/n_max of the axis apart, so
+    labels of a small figure spanning many decades do not overlap."""
+
+    def position(y: float) -> float:  # where symlog draws y, in decades
+        a = abs(y)
+        return y / linthresh if a <= linthresh else math.copysign(1 + math.log10(a / linthresh), y)
+
+    top, bottom = position(max(high, linthresh)), position(min(low, -linthresh))
+    gap = (top - bottom) / n_max
+    candidates = []
+    for sign, end in ((1.0, high), (-1.0, -low)):
+        if end > linthresh:
+            first = math.ceil(math.log10(linthresh) - 1e-9)
+            last = math.floor(math.log10(end) + 1e-9)
+            powers = [10.0**d for d in range(last, first - 1, -1)]
+            candidates += [sign * v for v in powers] or [sign * linthresh]
+        elif end > 0:
+            candidates.append(sign * linthresh)
+    ticks = [0.0]
+    for y in sorted(candidates, key=lambda v: -abs(position(v))):
+        if all(abs(position(y) - position(t)) >= gap for t in ticks):
+            ticks.append(y)
+    return sorted(ticks)
+
+
+def plot_spectrum(report: HessianReport, ax=None, title: str | None = None):
+    """Eigenvalues (exact: all; Lanczos: Ritz values) on a symlog axis with the flat band."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    if ax is None:
+        ax = Figure(layout="constrained", figsize=(6, 3.2)).subplots()
+    ev = sorted(report.eigenvalues)
+    ax.plot(range(len(ev)), ev, ".", ms=3)
+    ax.axhspan(-report.flat_tol, report.flat_tol, color="0.85", label="flat within error")
+    ax.axhline(0, color="k", lw=0.5)
+    linthresh = max(report.flat_tol, 1e-8)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(min(ev), max(ev), linthresh)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "0" if y == 0 else f"{y:.2g}"))
+    what = "eigenvalue" if report.method == "exact" else "Lanczos Ritz value"
+    ax.set_xlabel(f"{what} index (ascending)")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(title or f"Hessian spectrum ({report.method}): {report.verdict}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def plot_grid(rows: list[dict[str, Any]], path=None):
+    """One panel per architecture: lambda_min over (p, q) (sign-symmetric log colour scale),
+    the verdict written in each cell, and the line p + q = 1."""
+    from matplotlib.colors import SymLogNorm
+    from matplotlib.figure import Figure
+
+    archs = list(dict.fromkeys(r["architecture"] for r in rows))
+    fig = Figure(figsize=(4.2 * len(archs), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(archs), squeeze=False)
+    short = {
+        "saddle": "saddle",
+        "local minimum": "min",
+        "local minimum (up to flat directions)": "min*",
+        "degenerate (flat)": "flat",
+        "inconclusive": "?",
+    }
+    vmax = max(abs(r["lambda_min"]) for r in rows) or 1.0
+    tols = sorted(r["flat_tol"] for r in rows)
+    linthresh = max(tols[len(tols) // 2], 1e-8)  # linear (pale) inside a typical flat band
+    for ax, arch in zip(axes[0], archs, strict=True):
+        sub = [r for r in rows if r["architecture"] == arch]
+        ps = sorted({r["p"] for r in sub})
+        qs = sorted({r["q"] for r in sub})
+        grid = torch.full((len(qs), len(ps)), float("nan"))
+        for r in sub:
+            grid[qs.index(r["q"]), ps.index(r["p"])] = r["lambda_min"]
+        im = ax.imshow(
+            grid.numpy(),
+            origin="lower",
+            cmap="RdBu",
+            norm=SymLogNorm(linthresh, vmin=-vmax, vmax=vmax),
+        )
+        for r in sub:
+            ax.text(
+                ps.index(r["p"]),
+                qs.index(r["q"]),
+                short[r["verdict"]],
+                ha="center",
+                va="center",
+                fontsize=8,
+            )
+        ax.set_xticks(range(len(ps)), [f"{p:g}" for p in ps])
+        ax.set_yticks(range(len(qs)), [f"{q:g}" for q in qs])
+        ax.set_xlabel("p")
+        ax.set_ylabel("q")
+        ax.set_title(f"{arch}: lambda_min at theta_pi", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.text(0.01, 0.01, "min* = local minimum up to flat directions", fontsize=7)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
