@@ -153,7 +153,8 @@ def atlas_rows(sweep_rows: list[dict]) -> list[dict[str, Any]]:
             "seed": r["seed"],
             "cell": r["cell"],
         }
-        keep = [k for k in r if k not in row and k not in ("p", "q", "order", "states")]
+        dropped = ("p", "q", "order", "states", "kernel", "family")  # in the chain name
+        keep = [k for k in r if k not in row and k not in dropped]
         row |= {k: r[k] for k in keep}
         rows.append(row)
     return rows
