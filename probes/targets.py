@@ -20,7 +20,8 @@ continuous (ridge probes, R^2 against the training mean, shuffled baseline):
     icl_counts   in-context transition counts N_n(c -> s) for the current context c (the last
                  k = chain.order tokens) and every s: how often c was followed by s so far
     icl_bigram   add-beta in-context estimate (N_n(c -> s) + beta) / (N_n(c) + S beta); with
-                 beta = alpha the Bayes predictive of an in-context chain (chains.py)
+                 beta = alpha the Bayes predictive of an in-context chain
+                 (training.chains.estimates)
     model_prob   the model's own next-token probabilities
     model_logit  the model's own log-probabilities, centred over the vocabulary (binary: the
                  logit difference log P(1) - log P(0))

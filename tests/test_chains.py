@@ -198,9 +198,9 @@ def test_vectorised_sampler_equals_reference_loop(chain, length):
 
 
 def test_large_state_space_is_scanned_in_chunks(monkeypatch, gen):
-    import training.chains as chains_module
+    import training.chains.sampling as sampling_module
 
-    monkeypatch.setattr(chains_module, "SCAN_BUDGET", 64)  # forces many scan chunks
+    monkeypatch.setattr(sampling_module, "SCAN_BUDGET", 64)  # forces many scan chunks
     chain = KthOrderChain.random(4, 2, seed=3)
     fast = chain.sample(3, 100, generator=torch.Generator().manual_seed(0))
     slow = sample_reference_loop(chain, 3, 100, torch.Generator().manual_seed(0))
