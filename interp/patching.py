@@ -7,7 +7,8 @@ forward is the only forward; its fused attention is taken wherever no hook watch
 or the pattern), but instead of one forward pass per patch it
 
 1. runs the target once (the run being patched: corrupted tokens for denoising, clean ones
-   for noising) with ``run_with_cache``;
+   for noising) with ``run_with_cache``, or takes that run's cache from the caller
+   (``target_run``; ``cache_runs`` runs a clean / corrupted pair once for every sweep);
 2. skips every (patch, sequence) pair whose patch changes nothing the readout can see: the
    source's slice equals the target's own (bitwise; for a corruption at position n, every
    position before n in every layer), or lies after the last readout (causal attention).
@@ -38,7 +39,7 @@ necessity (0 = the patch destroys it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,7 @@ from torch import Tensor
 from interp.corruptions import PatchingData
 
 if TYPE_CHECKING:
+    from training.config import ModelConfig
     from training.model import MarkovTransformer
 
 LAYER_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -60,6 +62,7 @@ ABLATIONS = ("mean", "resample")
 DEFAULT_BUDGET = 1 << 24  # float elements of the largest tensor of one forward pass
 
 Metric = Callable[[Float[Tensor, "*patch batch readout vocab"]], Float[Tensor, "*patch batch"]]
+CachedRun = tuple[Tensor, dict[str, Tensor]]  # (logits, hook name -> activation) of one batch
 
 
 def hook_name(act: str, layer: int) -> str:
@@ -80,6 +83,47 @@ def result_axes(act: str, by_pos: bool = True) -> tuple[str, ...]:
     if act == "pattern":
         return ("layer", "head", "dest_pos") if by_pos else ("layer", "head")
     raise ValueError(f"unknown activation {act!r}; allowed: {ACTS}")
+
+
+def cache_run(
+    model: MarkovTransformer, tokens: Int[Tensor, "batch pos"], names: Collection[str] | None = None
+) -> CachedRun:
+    """(logits, cache) of ``model`` on ``tokens``: every hook (names None; the explicit
+    attention branch, as ``run_with_cache``), or only the hooks in ``names`` (the fused
+    attention branch unless they include a score or pattern hook)."""
+    if names is None:
+        return model.run_with_cache(tokens, return_cache_object=False)
+    wanted = set(names)
+    return model.run_with_cache(
+        tokens, names_filter=lambda name: name in wanted, return_cache_object=False
+    )
+
+
+@dataclass(frozen=True)
+class PatchingRuns:
+    """The clean and the corrupted batch of a ``PatchingData``, each run once with a cache:
+    computed by ``cache_runs`` and shared by ``run_patching`` (both directions),
+    ``run_ablation`` and ``direct_path_effects`` instead of each running both batches again."""
+
+    clean: CachedRun
+    corrupt: CachedRun
+
+
+@torch.no_grad()
+def cache_runs(
+    model: MarkovTransformer, data: PatchingData, names: Collection[str] | None = None
+) -> PatchingRuns:
+    """``cache_run`` of ``data``'s clean and corrupted batches (on the model's device). Every
+    hook (names None) for ``run_patching`` / ``run_ablation``; ``direct_path_hooks(model.cfg)``
+    for ``direct_path_effects`` alone (fused attention, as it computes them itself)."""
+    data = data.to(model.W_E.device)
+    return PatchingRuns(cache_run(model, data.clean, names), cache_run(model, data.corrupt, names))
+
+
+def _check_cached(cache: dict[str, Tensor], names: Collection[str], what: str) -> None:
+    missing = sorted(set(names) - set(cache))
+    if missing:
+        raise ValueError(f"{what} has no activation {', '.join(map(repr, missing))}")
 
 
 def _check_act(model: MarkovTransformer, act: str) -> None:
@@ -208,6 +252,7 @@ def patch_sweep(
     readout: Sequence[int] = (-1,),
     reduce: str = "mean",
     budget: int = DEFAULT_BUDGET,
+    target_run: CachedRun | None = None,
 ) -> Tensor:
     """Patch ``source`` activations of kind ``act`` into the run on ``target_tokens``, one
     (layer, position[, head]) at a time, and return the metric for every patch (layout:
@@ -218,6 +263,8 @@ def patch_sweep(
     metric: logits at the ``readout`` positions [*patch, batch, readout, vocab] ->
     [*patch, batch]; it must not read other positions (they are not computed).
     budget: bound (float elements) on the largest tensor of one forward pass.
+    target_run: the target's (logits, cache) from ``cache_run(model, target_tokens)`` (every
+    hook) if already computed; None: the sweep runs the target itself.
     """
     _check_act(model, act)
     result_axes(act, by_pos)
@@ -238,7 +285,15 @@ def patch_sweep(
             raise ValueError(f"source has no activation {name!r}")
     # Cache every hook, as the source usually was (run_with_cache): the same branch of the
     # attention, so equal activations compare bitwise equal in ``_changed``.
-    logits, target = model.run_with_cache(tokens, return_cache_object=False)
+    if target_run is None:
+        target_run = cache_run(model, tokens)
+    logits, target = target_run
+    _check_cached(target, names, "target_run")
+    if tuple(logits.shape[:2]) != (B, N):
+        raise ValueError(
+            f"target_run's logits have shape {tuple(logits.shape)}, not those of the "
+            f"target tokens {(B, N)}"
+        )
     for name in names:
         if tuple(source[name].shape) != tuple(target[name].shape):
             raise ValueError(
@@ -371,11 +426,14 @@ def run_patching(
     direction: str = "denoise",
     metric: str = "logit_diff",
     budget: int = DEFAULT_BUDGET,
+    runs: PatchingRuns | None = None,
 ) -> PatchingResult:
     """Patch every (layer, position[, head]) of each activation kind in ``acts``.
 
     direction "denoise": clean activations into the corrupted run (sufficiency);
     "noise": corrupted activations into the clean run (necessity).
+    runs: ``cache_runs(model, data)`` (every hook) if already computed, e.g. shared between
+    both directions; None: both batches are run here.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -384,8 +442,9 @@ def run_patching(
     dev = model.W_E.device
     data = data.to(dev)
     fn = make_metric(metric, data)
-    clean_logits, clean_cache = model.run_with_cache(data.clean, return_cache_object=False)
-    corrupt_logits, corrupt_cache = model.run_with_cache(data.corrupt, return_cache_object=False)
+    if runs is None:
+        runs = cache_runs(model, data)
+    (clean_logits, clean_cache), (corrupt_logits, corrupt_cache) = runs.clean, runs.corrupt
     m_clean = float(fn(clean_logits[:, -1:]).mean())
     m_corrupt = float(fn(corrupt_logits[:, -1:]).mean())
     if metric == "logit_diff":
@@ -393,10 +452,13 @@ def run_patching(
     else:
         true_clean, true_corrupt = data.true_logprob()
     if direction == "denoise":
-        target, source = data.corrupt, clean_cache
+        target, target_run, source = data.corrupt, runs.corrupt, clean_cache
     else:
-        target, source = data.clean, corrupt_cache
-    raw = {act: patch_sweep(model, target, source, act, fn, budget=budget).cpu() for act in acts}
+        target, target_run, source = data.clean, runs.clean, corrupt_cache
+    raw = {
+        act: patch_sweep(model, target, source, act, fn, budget=budget, target_run=target_run).cpu()
+        for act in acts
+    }
     return PatchingResult(
         corruption=data.corruption,
         direction=direction,
@@ -417,15 +479,17 @@ def ablation_source(
     reference_tokens: Int[Tensor, "ref pos"],
     mode: str,
     generator: torch.Generator | None = None,
+    reference_cache: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Source activations for ablating a batch of ``batch`` sequences (docs/theory.md section 5):
     "mean": every activation's mean over ``reference_tokens`` at the same position;
     "resample": the activations of a reference sequence drawn at random (with ``generator``)
-    for each example. Pass the result to ``patch_sweep`` as ``source``."""
+    for each example. Pass the result to ``patch_sweep`` as ``source``. reference_cache: the
+    cache of ``cache_run(model, reference_tokens)`` if already computed (e.g. for both modes)."""
     if mode not in ABLATIONS:
         raise ValueError(f"ablation mode must be one of {ABLATIONS}, got {mode!r}")
     tokens = model.check_tokens(reference_tokens).to(model.W_E.device)
-    _, cache = model.run_with_cache(tokens, return_cache_object=False)
+    cache = cache_run(model, tokens)[1] if reference_cache is None else reference_cache
     if mode == "mean":
         return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in cache.items()}
     pick = torch.randint(0, tokens.shape[0], (batch,), generator=generator)
@@ -441,24 +505,51 @@ def run_ablation(
     acts: Sequence[str] = ("attn_out", "mlp_out", "z"),
     generator: torch.Generator | None = None,
     budget: int = DEFAULT_BUDGET,
+    runs: PatchingRuns | None = None,
+    reference_cache: dict[str, Tensor] | None = None,
 ) -> dict:
     """Mean or resample ablation of each (layer, position[, head]) in the clean run: the
     increase of the next-token loss, -log p(x_{N+1}) (nats), per patch (layout as
-    ``result_axes``); and with ``_all`` suffixes the whole layer / head at every position."""
+    ``result_axes``); and with ``_all`` suffixes the whole layer / head at every position.
+    runs / reference_cache: ``cache_runs(model, data)`` (every hook; its clean run is the
+    target) and the cache of ``cache_run(model, reference_tokens)``, if already computed."""
     dev = model.W_E.device
     data = data.to(dev)
     fn = make_metric("logprob", data)
     logits = model(data.clean)
     base = float(fn(logits[:, -1:]).mean())
-    source = ablation_source(model, data.clean.shape[0], reference_tokens, mode, generator)
+    source = ablation_source(
+        model, data.clean.shape[0], reference_tokens, mode, generator, reference_cache
+    )
+    target_run = None if runs is None else runs.clean
     out: dict = {"mode": mode, "clean_logprob": base, "loss_increase": {}}
     for act in acts:
         _check_act(model, act)
         for by_pos in (True, False):
-            grid = patch_sweep(model, data.clean, source, act, fn, by_pos=by_pos, budget=budget)
+            grid = patch_sweep(
+                model,
+                data.clean,
+                source,
+                act,
+                fn,
+                by_pos=by_pos,
+                budget=budget,
+                target_run=target_run,
+            )
             key = act if by_pos else f"{act}_all"
             out["loss_increase"][key] = (base - grid).cpu()
     return out
+
+
+def direct_path_hooks(cfg: ModelConfig) -> set[str]:
+    """The hooks ``direct_path_effects`` reads: the embedding, every layer's z and mlp_out
+    (none in attention-only models), and the final residual stream."""
+    needed = {"hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post"}
+    for layer in range(cfg.n_layers):
+        needed.add(f"blocks.{layer}.attn.hook_z")
+        if not cfg.attn_only:
+            needed.add(f"blocks.{layer}.hook_mlp_out")
+    return needed
 
 
 @torch.no_grad()
@@ -467,6 +558,7 @@ def direct_path_effects(
     data: PatchingData,
     metric: str = "logit_diff",
     direction: str = "noise",
+    runs: PatchingRuns | None = None,
 ) -> dict:
     """Where the corruption's effect enters the logits at the readout (last position).
 
@@ -478,6 +570,10 @@ def direct_path_effects(
     X's clean value, E_X = M_patched - M_corrupt. share_X = E_X / (M_clean - M_corrupt). The
     shares of all components add up to 1 up to the final LayerNorm / softmax non-linearity,
     reported as ``additivity_gap`` = sum_X share_X - 1.
+
+    runs: ``cache_runs(model, data, direct_path_hooks(model.cfg))`` if already computed (e.g.
+    shared between both directions; caches with more hooks do too, but every hook takes the
+    explicit attention branch, equal up to float rounding); None: both batches are run here.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -485,16 +581,12 @@ def direct_path_effects(
     data = data.to(dev)
     fn = make_metric(metric, data)
     cfg = model.cfg
-    needed = {"hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post"}
-    for layer in range(cfg.n_layers):
-        needed |= {f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"}
-    runs = []
-    for tokens in (data.clean, data.corrupt):  # caching only these keeps attention fused
-        _, cache = model.run_with_cache(
-            tokens, names_filter=lambda name: name in needed, return_cache_object=False
-        )
-        runs.append(cache)
-    clean, corrupt = runs
+    needed = direct_path_hooks(cfg)
+    if runs is None:  # caching only these keeps attention fused
+        runs = cache_runs(model, data, needed)
+    clean, corrupt = runs.clean[1], runs.corrupt[1]
+    _check_cached(clean, needed, "runs.clean")
+    _check_cached(corrupt, needed, "runs.corrupt")
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
 

@@ -188,13 +188,13 @@ def test_members_paused_at_step_zero_resume_with_one_step_zero_record(tmp_path):
 
 
 def test_a_diverging_member_stops_alone(tmp_path, monkeypatch):
-    import training.trainer as trainer
+    import training.trainer.loop as loop  # where the loop looks _train_step up
 
     tc = tiny(iters=12, batch=4, seq_len=16, eval_every=4)
     ok = ModelConfig.paper(n_ctx=16)
     members = [Member(ok, BinaryChain(0.5, 0.8), 0), Member(ok, BinaryChain(0.5, 0.8), 1)]
     dirs = [tmp_path / "ok", tmp_path / "bad"]
-    real_step = trainer._train_step
+    real_step = loop._train_step
 
     def first_update_blows_up_member_1(run, tokens):
         # (v1's init_range=1e6 member diverged only through a second forward implementation
@@ -205,7 +205,7 @@ def test_a_diverging_member_stops_alone(tmp_path, monkeypatch):
                 run.weights.params["embed.W_E"][1].fill_(float("inf"))
         return values
 
-    monkeypatch.setattr(trainer, "_train_step", first_update_blows_up_member_1)
+    monkeypatch.setattr(loop, "_train_step", first_update_blows_up_member_1)
     res = train_ensemble(members, tc, out_dirs=dirs, progress=False)
     assert res[0]["status"] == "finished"
     assert res[1]["status"] == "diverged"

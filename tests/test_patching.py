@@ -14,7 +14,10 @@ from benchmarks.patching import benchmark_patching, format_row
 from interp.corruptions import make_patching_data
 from interp.patching import (
     ablation_source,
+    cache_run,
+    cache_runs,
     direct_path_effects,
+    direct_path_hooks,
     hook_name,
     make_metric,
     normalise,
@@ -382,6 +385,56 @@ def test_ablation():
     assert torch.isfinite(mean_self["loss_increase"]["mlp_out_all"]).all()
     with pytest.raises(ValueError, match="ablation mode"):
         ablation_source(model, 6, same, "zero")
+
+
+@pytest.mark.parametrize("name", ["deep", "attn_only"])
+def test_shared_caches_give_the_same_results(name):
+    """Caches computed once (cache_runs / cache_run) and passed down give bitwise what each
+    function computes with its own runs; caches without a needed hook are refused."""
+    model = perturbed(MODELS[name])
+    chain = BinaryChain(0.3, 0.4) if model.cfg.d_vocab == 2 else KthOrderChain.random(3, 1, 1.0)
+    gen = torch.Generator().manual_seed(6)
+    data = make_patching_data(chain, "resample", 6, 8, gen)
+    reference = chain.sample(5, 8, generator=gen)
+    acts = ["resid_pre", "attn_out", "z"] + ([] if model.cfg.attn_only else ["mlp_out"])
+    runs = cache_runs(model, data)
+    for direction in ("denoise", "noise"):
+        own = run_patching(model, data, acts, direction)
+        shared = run_patching(model, data, acts, direction, runs=runs)
+        assert shared.to_dict() == own.to_dict()
+    ref_cache = cache_run(model, reference)[1]
+    for mode in ("mean", "resample"):
+        own = run_ablation(model, data, reference, mode, ["attn_out"], torch.manual_seed(1))
+        shared = run_ablation(
+            model,
+            data,
+            reference,
+            mode,
+            ["attn_out"],
+            torch.manual_seed(1),
+            runs=runs,
+            reference_cache=ref_cache,
+        )
+        for key, value in own["loss_increase"].items():
+            assert torch.equal(shared["loss_increase"][key], value)
+    direct_runs = cache_runs(model, data, direct_path_hooks(model.cfg))
+    for direction in ("noise", "denoise"):
+        own = direct_path_effects(model, data, "logit_diff", direction)
+        assert direct_path_effects(model, data, "logit_diff", direction, runs=direct_runs) == own
+    partial = cache_runs(model, data, {"hook_embed"})
+    with pytest.raises(ValueError, match="has no activation"):
+        direct_path_effects(model, data, runs=partial)
+    with pytest.raises(ValueError, match="has no activation"):
+        run_patching(model, data, ["resid_pre"], runs=partial)
+    with pytest.raises(ValueError, match="logits have shape"):
+        patch_sweep(
+            model,
+            data.corrupt[:3],
+            runs.clean[1],
+            "resid_pre",
+            make_metric("logprob", data),
+            target_run=runs.corrupt,
+        )
 
 
 def test_direct_path_shares_add_up_without_layernorm():

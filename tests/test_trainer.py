@@ -267,9 +267,9 @@ def test_resume_after_pause_and_after_crash_is_bit_identical(tmp_path, monkeypat
     assert strip_timing(load_run(tmp_path / "pause").metrics()) == strip_timing(ref.metrics)
 
     # a crash between two resume checkpoints (latest at 18, crash during update 21)
-    import training.trainer as trainer
+    import training.trainer.loop as loop  # where the loop looks _train_step up
 
-    real_step = trainer._train_step
+    real_step = loop._train_step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -278,10 +278,10 @@ def test_resume_after_pause_and_after_crash_is_bit_identical(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_train_step", crashing_step)
+    monkeypatch.setattr(loop, "_train_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         train(mc, chain, tc, seed=1, out_dir=tmp_path / "crash", progress=False)
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(loop, "_train_step", real_step)
     with pytest.raises(FileExistsError, match="unfinished run"):
         train(mc, chain, tc, seed=1, out_dir=tmp_path / "crash", progress=False)
     with pytest.raises(ValueError, match="train.lr"):

@@ -40,7 +40,7 @@ from torch import Tensor
 from interp.attention import attention_patterns, offset_profile
 from interp.corruptions import make_patching_data
 from interp.heads import head_scores
-from interp.patching import direct_path_effects
+from interp.patching import cache_runs, direct_path_effects, direct_path_hooks
 from training.chains import (
     BinaryChain,
     InContextChain,
@@ -154,8 +154,12 @@ def dependence_at_lag(
     data = make_patching_data(chain, "flip", n_seqs, n, gen, position=-1 - lag)
     dev = model.W_E.device
     clean, corrupt = data.clean.to(dev), data.corrupt.to(dev)
+    # each batch runs once, caching what the direct paths read (attention stays fused, so
+    # the logits are the plain forward's), for the laws and both directions
+    runs = cache_runs(model, data, direct_path_hooks(model.cfg))
     true_tv = 0.5 * float((data.clean_probs - data.corrupt_probs).abs().sum(-1).mean())
-    model_tv = 0.5 * float((_laws(model(clean)) - _laws(model(corrupt))).abs().sum(-1).mean())
+    laws_clean, laws_corrupt = _laws(runs.clean[0]), _laws(runs.corrupt[0])
+    model_tv = 0.5 * float((laws_clean - laws_corrupt).abs().sum(-1).mean())
     t_clean, t_corrupt = data.true_logit_diff()
     true_effect = t_clean - t_corrupt
     out: dict[str, Any] = {
@@ -175,7 +179,7 @@ def dependence_at_lag(
         }
     shares, layer_shares = {}, {}
     for direction in directions:
-        res = direct_path_effects(model, data, "logit_diff", direction)
+        res = direct_path_effects(model, data, "logit_diff", direction, runs=runs)
         shares[direction] = res["shares"]
         layer_shares[direction] = _group_layers(res["effects"], res["total_effect"])
     effect = res["total_effect"]

@@ -66,7 +66,7 @@ def result_row(
 def run_task(task: RunTask | dict) -> dict[str, Any]:
     """Train one task (resuming an interrupted one; a finished one is only read) and return
     its result row. Never raises: a failure becomes a row with status "failed"."""
-    from training.trainer import TrainingDiverged, train
+    from training import trainer  # trainer.train is looked up here, at call time
 
     t = task if isinstance(task, dict) else task.to_dict()
     run_dir = Path(t["run_dir"])
@@ -75,7 +75,7 @@ def run_task(task: RunTask | dict) -> dict[str, Any]:
             return result_row(t, read_json(run_dir / SUMMARY))
         rc = build_run_config(t["options"] | {"seed": t["seed"]})
         try:
-            summary = train(
+            summary = trainer.train(
                 rc.model,
                 rc.chain,
                 rc.train,
@@ -84,7 +84,7 @@ def run_task(task: RunTask | dict) -> dict[str, Any]:
                 resume=True,
                 progress=False,
             )
-        except TrainingDiverged:
+        except trainer.TrainingDiverged:
             summary = read_json(run_dir / SUMMARY)
         return result_row(t, dict(summary))
     except Exception as err:  # noqa: BLE001 - a sweep reports failures, it does not stop
