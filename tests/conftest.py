@@ -3,6 +3,8 @@ import os
 import matplotlib
 import pytest
 import torch
+from tiny_runs import one_thread as _one_thread_context
+from tiny_runs import train_tiny
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -14,3 +16,42 @@ torch.set_num_threads(1)
 def gen():
     """A seeded torch.Generator on the CPU."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the previous count restored after it (a test may change
+    it, as `--threads` does). Modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    with _one_thread_context():
+        yield
+
+
+# Tiny trained runs shared by the whole session (tiny_runs.train_tiny, about a second each):
+# tests only read them; a test that writes into a run must copy it first (shutil.copytree).
+# The directory names are the runs' labels in comparisons ("tied", "untied").
+
+
+@pytest.fixture(scope="session")
+def tiny_runs_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_untied_run(tiny_runs_root):
+    """One layer, untied embeddings, seed 0, 80 updates: leaves the unigram plateau."""
+    with _one_thread_context():
+        return train_tiny(tiny_runs_root / "untied", seed=0, tie_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_run(tiny_runs_root):
+    """One layer, tied embeddings (the paper default), seed 0, 80 updates."""
+    with _one_thread_context():
+        return train_tiny(tiny_runs_root / "tied", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_two_layer_run(tiny_runs_root):
+    """Two layers (tied), seed 0, 20 updates."""
+    with _one_thread_context():
+        return train_tiny(tiny_runs_root / "deep", seed=0, n_layers=2, iters=20)

@@ -22,11 +22,7 @@ from training.recipe import TrainConfig
 LINE = re.compile(r"^(?P<name>[^\n]+?): (?P<a>[^\n]+?) vs (?P<b>[^\n]+?): (?P<r>\d+\.\d)x$")
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_tiny_prints_one_ratio_line_per_comparison(tmp_path, capsys):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from tiny_runs import CHAIN, SEQ_LEN, one_thread, train_tiny
+from tiny_runs import CHAIN, SEQ_LEN, one_thread
 
 from interp.compare import (
     ComparisonConfig,
@@ -41,14 +41,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare_runs")
-    with one_thread():
-        return {
-            "tied": train_tiny(root / "tied", seed=0),
-            "untied": train_tiny(root / "untied", seed=0, tie_embeddings=False),
-            "deep": train_tiny(root / "deep", seed=0, n_layers=2, iters=20),
-        }
+def runs(tiny_tied_run, tiny_untied_run, tiny_two_layer_run):
+    return {"tied": tiny_tied_run, "untied": tiny_untied_run, "deep": tiny_two_layer_run}
 
 
 def _orthogonal(d: int, gen: torch.Generator) -> torch.Tensor:

@@ -25,14 +25,7 @@ from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a loaded machine punishes spinning)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def known_spectrum(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

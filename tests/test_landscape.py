@@ -38,13 +38,7 @@ from training.config import ModelConfig
 from training.recipe import TrainConfig
 from training.trainer import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tie: bool = True, **kw) -> ModelConfig:

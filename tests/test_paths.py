@@ -20,13 +20,7 @@ from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

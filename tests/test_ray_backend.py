@@ -11,7 +11,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from markov_lens.cli import build_parser, main
 from training.runs import load_run
@@ -41,14 +40,6 @@ TIMING = ("wall_seconds", "wall_seconds_mean", "tokens_per_s", "run_dir")
 
 def without_timing(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_sweep_on_a_local_ray_instance_matches_the_local_backend(tmp_path, monkeypatch, one_thread):

@@ -17,13 +17,7 @@ from interp.reduced_model import SADDLE_W, ReducedModel, plot_reduced_landscape
 from training.chains import BinaryChain
 from training.references import entropy_rate, unigram_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("p,q", [(0.5, 0.8), (0.2, 0.3), (0.9, 0.6)])

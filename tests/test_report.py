@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from tiny_runs import one_thread, train_tiny
+from tiny_runs import one_thread
 
 from interp.report import ReportConfig, build_report, write_report
 from markov_lens.cli import main
@@ -75,8 +75,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("report") / "run", seed=0, tie_embeddings=False)
+def run_dir(tiny_untied_run):
+    return tiny_untied_run
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from tiny_runs import SEQ_LEN, one_thread, train_tiny
+from tiny_runs import SEQ_LEN, one_thread
 
 from interp.timeline import TimelineConfig, timeline
 from probes.activations import resolve_components
@@ -23,9 +23,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tiny_untied_run):
     # untied: leaves the unigram plateau within a few tens of updates
-    return train_tiny(tmp_path_factory.mktemp("timeline") / "untied", seed=0, tie_embeddings=False)
+    return tiny_untied_run
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ from training.verdicts import VerdictRule, plateau_stats, summarise_metrics, ver
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest (and reproducibly) on one thread on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(iters=30, seq_len=16, **kw) -> TrainConfig:
