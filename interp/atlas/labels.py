@@ -41,13 +41,19 @@ CARRIERS = ("attention", "mlp", "direct", "distributed")
 CARRIER_WORDS = {"attention": "attention", "mlp": "MLP", "direct": "embedding/direct"}
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
+    """A real number, not nan or inf (None, booleans and strings are not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def main_lag(lags: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lag whose flip moves the true law most: the token the kernel reads."""
+    return max(lags, key=lambda d: abs(d["true_effect"]) if finite(d.get("true_effect")) else 0)
 
 
 def read_lags(lags: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The lags whose flip changes the true law (rho defined)."""
-    return [d for d in lags if _finite(d.get("rho"))]
+    return [d for d in lags if finite(d.get("rho"))]
 
 
 def mean_shares(lag: dict[str, Any]) -> dict[str, float]:
@@ -56,7 +62,7 @@ def mean_shares(lag: dict[str, Any]) -> dict[str, float]:
     groups = {k for s in by_dir for k in s}
     out = {}
     for g in sorted(groups):
-        vals = [s[g] for s in by_dir if _finite(s.get(g))]
+        vals = [s[g] for s in by_dir if finite(s.get(g))]
         out[g] = sum(vals) / len(vals) if vals else math.nan
     return out
 
@@ -67,11 +73,11 @@ def carrier_of(lag: dict[str, Any]) -> str:
     necessity = lag.get("necessity", {})
     ok = []
     for group, share in shares.items():
-        if not _finite(share) or share < CARRIER_SHARE:
+        if not finite(share) or share < CARRIER_SHARE:
             continue
         if group != "direct":
             nec = necessity.get(group)
-            if not _finite(nec) or nec < NECESSARY:
+            if not finite(nec) or nec < NECESSARY:
                 continue
         ok.append((share, group))
     return max(ok)[1] if ok else "distributed"
@@ -81,7 +87,7 @@ def atlas_label(measurement: dict[str, Any], summary: dict[str, Any] | None = No
     """{"label", "carrier", "reached", "in_context", "main_lag"} by the module's rules."""
     lags = read_lags(measurement["lags"])
     index = measurement.get("transfer", {}).get("mean", {}).get("in_context_index")
-    in_context = _finite(index) and index >= IN_CONTEXT
+    in_context = finite(index) and index >= IN_CONTEXT
     marginal = not lags or all(abs(d["rho"]) <= MARGINAL_RHO for d in lags)
     if summary is not None and (
         summary.get("verdict") == "unigram" or summary.get("order_label") == "marginal"
@@ -95,7 +101,7 @@ def atlas_label(measurement: dict[str, Any], summary: dict[str, Any] | None = No
             "in_context": False,
             "main_lag": None,
         }
-    main = max(lags, key=lambda d: abs(d["true_effect"]))
+    main = main_lag(lags)
     if summary is not None:
         k = len((summary.get("references") or {}).get("order_losses") or [0, 0]) - 1
         if k >= 2:

@@ -37,10 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.atlas.labels import finite
 from interp.attention import attention_patterns, offset_profile
 from interp.corruptions import make_patching_data
 from interp.heads import head_scores
-from interp.patching import cache_runs, direct_path_effects, direct_path_hooks
+from interp.patching import cache_runs, direct_path_effects, direct_path_hooks, make_metric
 from training.chains import (
     BinaryChain,
     InContextChain,
@@ -120,22 +121,28 @@ def _group_layers(effects: dict[str, float], total: float) -> dict[str, float]:
     return {k: (v / total if abs(total) > 1e-9 else math.nan) for k, v in out.items()}
 
 
-def _ablation_hooks(model: MarkovTransformer, tokens: Tensor, kind: str) -> list:
-    """Forward hooks replacing every layer's attn_out (kind "attention") or mlp_out ("mlp")
-    by its mean over ``tokens`` at each position."""
-    names = [
-        f"blocks.{i}.hook_{'attn_out' if kind == 'attention' else 'mlp_out'}"
-        for i in range(model.cfg.n_layers)
-    ]
+ABLATED = {"attention": "attn_out", "mlp": "mlp_out"}
+
+
+def ablation_hooks(model: MarkovTransformer, tokens: Tensor) -> dict[str, list]:
+    """Per kind ("attention", and "mlp" unless attention-only): forward hooks replacing every
+    layer's attn_out / mlp_out by its mean over ``tokens`` at each position (one cached run
+    gives the means of both)."""
+    kinds = [k for k in ABLATED if not (k == "mlp" and model.cfg.attn_only)]
+    names = {
+        kind: [f"blocks.{i}.hook_{ABLATED[kind]}" for i in range(model.cfg.n_layers)]
+        for kind in kinds
+    }
+    wanted = {n for group in names.values() for n in group}
     _, cache = model.run_with_cache(
-        tokens, names_filter=lambda n: n in names, return_cache_object=False
+        tokens, names_filter=lambda n: n in wanted, return_cache_object=False
     )
-    means = {n: cache[n].mean(0, keepdim=True) for n in names}
+    means = {n: cache[n].mean(0, keepdim=True) for n in wanted}
 
     def hook(x: Tensor, hook) -> Tensor:
         return means[hook.name].expand_as(x)
 
-    return [(n, hook) for n in names]
+    return {kind: [(n, hook) for n in group] for kind, group in names.items()}
 
 
 @torch.no_grad()
@@ -185,12 +192,9 @@ def dependence_at_lag(
     effect = res["total_effect"]
     necessity = {}
     if ablate:
-        from interp.patching import make_metric
-
         fn = make_metric("logit_diff", data.to(dev))
-        kinds = ["attention"] + ([] if model.cfg.attn_only else ["mlp"])
-        for kind in kinds:
-            with model.hooks(fwd_hooks=_ablation_hooks(model, clean, kind)):
+        for kind, hooks in ablation_hooks(model, clean).items():
+            with model.hooks(fwd_hooks=hooks):
                 ablated = float(fn(model(clean)).mean() - fn(model(corrupt)).mean())
             necessity[kind] = 1.0 - ablated / effect if abs(effect) > 1e-9 else math.nan
     return out | {
@@ -200,11 +204,6 @@ def dependence_at_lag(
         "layer_shares": layer_shares,
         "necessity": necessity,
     }
-
-
-def main_lag(lags: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lag whose flip moves the true law most (the token the kernel reads)."""
-    return max(lags, key=lambda d: abs(d["true_effect"]))
 
 
 # ------------------------------------------------------------------------------- transfer
@@ -323,18 +322,14 @@ def probe_summary(
     table: dict[str, dict[str, float]] = {}
     for r in rows:
         base = r["control_score"] if r["kind"] == "discrete" else r["shuffled_score"]
-        sel = r["score"] - base if _finite(r["score"]) and _finite(base) else math.nan
+        sel = r["score"] - base if finite(r["score"]) and finite(base) else math.nan
         table.setdefault(r["target"], {})[r["component"]] = sel
     best = {}
     for target, by_comp in table.items():
         for group, prefix in (("attn", "attn_out"), ("mlp", "mlp_out"), ("resid", "resid_final")):
-            vals = [v for c, v in by_comp.items() if c.startswith(prefix) and _finite(v)]
+            vals = [v for c, v in by_comp.items() if c.startswith(prefix) and finite(v)]
             best[f"{target}.{group}"] = max(vals) if vals else math.nan
     return {"selectivity": table, "best": best}
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 # -------------------------------------------------------------------------------- a model

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.atlas.grid import chain_name
-from interp.atlas.labels import THRESHOLDS, atlas_label, mean_shares
+from interp.atlas.labels import THRESHOLDS, atlas_label, main_lag, mean_shares
 from interp.atlas.measure import PROBE_TARGETS, AtlasConfig, measure_model, timeline
 
 ATLAS_JSON = "atlas.json"
@@ -109,7 +109,7 @@ def flatten(record: dict) -> dict[str, Any]:
         out[f"true_sensitivity_lag{j}"] = _num(d.get("true_sensitivity"))
     main = next((d for d in lags if d["lag"] == record["main_lag"]), None)
     if main is None:  # marginal only: report the lag the truth reads most
-        main = max(lags, key=lambda d: abs(_num(d.get("true_effect")) or 0.0))
+        main = main_lag(lags)
     out["rho_main"] = _num(main.get("rho"))
     shares = mean_shares(main)
     for group in ("direct", "attention", "mlp"):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.atlas.claims import check_claims
-from interp.atlas.labels import THRESHOLDS
+from interp.atlas.labels import THRESHOLDS, finite
 from training.stats import bootstrap_interval, fmt_fraction, fmt_interval, wilson_interval
 from training.sweeps import markdown_table, write_csv
 
@@ -45,10 +45,6 @@ def _measured(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("carrier") in CARRIER_ORDER]
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def summarise(group: list[dict]) -> dict[str, Any]:
     """Counts, fractions with intervals and means with intervals of one group of runs."""
     measured = _measured(group)
@@ -75,7 +71,7 @@ def summarise(group: list[dict]) -> dict[str, Any]:
     out["labels"] = dict(labels)
     for key in MEANS:
         stat = bootstrap_interval(
-            [r.get(key) for r in measured if _finite(r.get(key))], n_boot=N_BOOT
+            [r.get(key) for r in measured if finite(r.get(key))], n_boot=N_BOOT
         )
         out[f"{key}_mean"], out[f"{key}_lo"], out[f"{key}_hi"] = stat or (math.nan,) * 3
     return out
@@ -116,7 +112,7 @@ def _frac(row: dict, name: str) -> str:
 
 def _mean(row: dict, key: str, digits: int = 3) -> str:
     m = row.get(f"{key}_mean")
-    if not _finite(m):
+    if not finite(m):
         return "-"
     return fmt_interval((m, row[f"{key}_lo"], row[f"{key}_hi"]), digits)
 
@@ -144,7 +140,7 @@ def atlas_markdown(
 ) -> str:
     """atlas.md: settings, label rules, pooled tables, then every cell by chain."""
     measured = _measured(rows)
-    seconds = [r.get("wall_seconds") for r in rows if _finite(r.get("wall_seconds"))]
+    seconds = [r.get("wall_seconds") for r in rows if finite(r.get("wall_seconds"))]
     lines = [
         "# The atlas: where the kernel lives, as depth and masking change",
         "",

@@ -60,15 +60,6 @@ TRAIN_FLAGS = {
     "device": "device",
 }
 UNSET = object()  # --window's default: "none" (full causal) is a value, not "not given"
-MODEL_FIELD_OF = {
-    "layers": "n_layers",
-    "heads": "n_heads",
-    "tie": "tie_embeddings",
-    "mlp": "attn_only",
-    "ln": "normalization_type",
-    "window": "attn_window",
-    "embedding": "token_embedding",
-}
 
 
 def _window(text: str):
@@ -209,6 +200,8 @@ def _load_config_file(path: str) -> dict:
 
 def train_document(args: argparse.Namespace) -> dict:
     """The run config document: --config FILE (if any) overlaid with the given flags."""
+    from training.options import MODEL_ALIASES  # option name -> ModelConfig field
+
     doc = _load_config_file(args.config) if args.config else {}
     if args.resume and not args.config and (Path(args.out) / CONFIG).exists():
         doc = read_json(Path(args.out) / CONFIG)  # `--resume --out DIR`: the run's own config
@@ -237,7 +230,7 @@ def train_document(args: argparse.Namespace) -> dict:
         value = getattr(args, dest)
         if value is UNSET or (value is None and dest != "window"):
             continue
-        model.pop(MODEL_FIELD_OF.get(key, key), None)
+        model.pop(MODEL_ALIASES.get(key, key), None)
         model[key] = value
     if model:
         doc["model"] = model
