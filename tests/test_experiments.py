@@ -14,6 +14,7 @@ from training.experiments import (
     second_order_specs,
     tying_specs,
 )
+from training.experiments.presets import EVAL_SEED
 from training.sweeps import expand
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,12 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_full_settings_are_the_papers(tmp_path):
     tying = tying_specs("full", 3)
     assert [s["chain"] for s in tying] == [{"p": 0.2, "q": 0.3}, {"p": 0.5, "q": 0.8}]
-    assert all(s["train"] == {"iters": 400, "seq_len": 1024, "batch": 16} for s in tying)
+    paper = {"iters": 400, "seq_len": 1024, "batch": 16, "eval_seed": EVAL_SEED}
+    assert all(s["train"] == paper for s in tying)
     assert all(s["model"] == {"layers": 1, "d_model": 8, "tie": [True, False]} for s in tying)
     assert len(expand(tying, tmp_path)) == 12
     (depth,) = depth_specs("full", 3)
     assert depth["model"]["layers"] == [1, 2, 4, 8] and depth["model"]["d_model"] == 8
-    assert depth["train"] == {"iters": 500, "seq_len": 512, "batch": 16}
+    assert depth["train"] == {"iters": 500, "seq_len": 512, "batch": 16, "eval_seed": EVAL_SEED}
     assert depth["chain"] == {"p": 0.5, "q": 0.8}
     windows, depths = second_order_specs("full", 3)
     assert windows["chain"] == {"p": 0.2, "q": 0.3, "order": 2}
@@ -40,13 +42,23 @@ def test_full_settings_are_the_papers(tmp_path):
         "window": [None, 2, 8, 32, 40, 80, 100],  # the paper's {2, 8, 32, 40, 80, 100} + full
     }
     assert depths["model"] == {"layers": [4, 8], "d_model": 32, "window": None}
-    assert windows["train"] == {"iters": 800, "seq_len": 1024, "batch": 16}
+    assert windows["train"] == {"iters": 800, "seq_len": 1024, "batch": 16, "eval_seed": EVAL_SEED}
     phase = phase_specs("full", 3)
     pairs = {(s["chain"]["p"], s["chain"]["q"]) for s in phase}
     assert len(pairs) == 25 - 5 and not any(abs(p + q - 1) < 1e-9 for p, q in pairs)
     assert all(s["model"]["tie"] == [True, False] for s in phase)
     quick = tying_specs("quick", 3)
     assert quick[0]["train"]["seq_len"] < 1024
+
+
+def test_every_preset_evaluates_all_seeds_on_the_same_batches(tmp_path):
+    """Cells and seeds are compared pair-wise: every run of every experiment at every size is
+    evaluated on the batches of one eval_seed, so the true predictor's loss is one number."""
+    for name, (make_specs, _, _) in EXPERIMENTS.items():
+        for size in ("full", "quick", "test"):
+            tasks = expand(make_specs(size, 2), tmp_path / name / size)
+            assert {t.options["train"]["eval_seed"] for t in tasks} == {EVAL_SEED}, (name, size)
+            assert len({t.seed for t in tasks}) == 2
 
 
 def test_tying_reproduction_writes_figures_csv_and_markdown(tmp_path):

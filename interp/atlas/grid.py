@@ -27,9 +27,9 @@ from __future__ import annotations
 from typing import Any
 
 from training.chains import KthOrderChain
+from training.experiments.presets import EVAL_SEED
 
 RANDOM_KERNEL_SEED = 0
-EVAL_SEED = 20261203
 PRESETS = ("paper", "session", "quick", "test")
 
 

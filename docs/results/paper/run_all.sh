@@ -18,5 +18,5 @@ step() {  # name, command...
 step tying "$ML" reproduce tying --seeds 10 --workers 2 --out runs/paper/tying
 step tying_4x "$ML" sweep docs/results/paper/tying_4x.yaml --workers 2 --out runs/paper/tying_4x
 step depth "$ML" reproduce depth --seeds 5 --workers 2 --out runs/paper/depth
+step second_order "$ML" reproduce second-order --seeds 5 --workers 2 --out runs/paper/second-order
 step phase "$ML" reproduce phase-diagram --seeds 10 --workers 2 --out runs/paper/phase-diagram
-step second_order "$ML" reproduce second-order --seeds 5 --workers 2 --out runs/paper/second-order --force  # seeds 0-2 reused from the 3-seed run
