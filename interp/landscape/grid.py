@@ -49,6 +49,7 @@ def theta_pi_grid(
                     "lambda_min_se": h["lambda_min_se"],
                     "lambda_max": h["lambda_max"],
                     "flat_tol": h["flat_tol"],
+                    "flat_band": h["flat_band"],
                     "heldout_curvature": h["heldout_curvature"],
                     "heldout_se": h["heldout_se"],
                     "n_flat": h["n_flat"],
@@ -82,7 +83,7 @@ def grid_table_markdown(rows: list[dict[str, Any]]) -> str:
         proxy = "" if r["proxy"] is None else f"{r['proxy']:.3g}"
         lines.append(
             f"| {r['architecture']} | {r['p']:g} | {r['q']:g} | {r['p'] + r['q']:.2g} "
-            f"| {r['lambda_min']:.3g} +- {r['lambda_min_se']:.2g} | {r['flat_tol']:.2g} "
+            f"| {r['lambda_min']:.3g} +- {r['lambda_min_se']:.2g} | {r['flat_band']:.2g} "
             f"| {r['heldout_curvature']:.3g} +- {r['heldout_se']:.2g} | {r['lambda_max']:.3g} "
             f"| {r['verdict']} | {proxy} | {r['prediction'] or '-'} | {r['agreement']} |"
         )

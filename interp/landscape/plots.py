@@ -50,9 +50,11 @@ def plot_spectrum(report: HessianReport, ax=None, title: str | None = None):
         ax = Figure(layout="constrained", figsize=(6, 3.2)).subplots()
     ev = sorted(report.eigenvalues)
     ax.plot(range(len(ev)), ev, ".", ms=3)
-    ax.axhspan(-report.flat_tol, report.flat_tol, color="0.85", label="flat within error")
+    if report.flat_band < report.flat_tol:
+        ax.axhspan(-report.flat_tol, report.flat_tol, color="0.93", label="Weyl bound")
+    ax.axhspan(-report.flat_band, report.flat_band, color="0.82", label="flat within error")
     ax.axhline(0, color="k", lw=0.5)
-    linthresh = max(report.flat_tol, 1e-8)
+    linthresh = max(report.flat_band, 1e-8)
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(min(ev), max(ev), linthresh)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "0" if y == 0 else f"{y:.2g}"))
@@ -81,7 +83,7 @@ def plot_grid(rows: list[dict[str, Any]], path=None):
         "inconclusive": "?",
     }
     vmax = max(abs(r["lambda_min"]) for r in rows) or 1.0
-    tols = sorted(r["flat_tol"] for r in rows)
+    tols = sorted(r["flat_band"] for r in rows)
     linthresh = max(tols[len(tols) // 2], 1e-8)  # linear (pale) inside a typical flat band
     for ax, arch in zip(axes[0], archs, strict=True):
         sub = [r for r in rows if r["architecture"] == arch]

@@ -16,7 +16,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.hessian import (
@@ -50,7 +50,10 @@ class HessianReport:
     with their residual norms); *_se: delta-method standard errors (std of the per-sequence
     curvatures along the eigenvector / sqrt(n); meaningful for a well-separated eigenvalue);
     *_split: share of the eigenvector's squared norm in each parameter. eigenvalues: all
-    (exact) or the Ritz values (Lanczos). noise_norm, flat_tol = flat_factor * noise_norm.
+    (exact) or the Ritz values (Lanczos). noise_norm, flat_tol = flat_factor * noise_norm (the
+    Weyl band: every eigenvalue's sampling error is within it). flat_band: the band the verdict
+    and the counts use, flat_tol tightened for the cluster of eigenvalues inside it (exact
+    only, ``flat_cluster_band``; flat_band_detail: its terms); flat_tol with Lanczos.
     heldout_curvature +- heldout_se: the most significantly negative cross-fitted
     out-of-sample curvature among the n_candidates lowest eigenvectors of each half (scored
     on the other half); heldout_max_curvature likewise for the highest; heldout_z: the
@@ -73,6 +76,7 @@ class HessianReport:
     eigenvalues: list[float]
     noise_norm: float
     flat_tol: float
+    flat_band: float
     heldout_curvature: float
     heldout_se: float
     heldout_max_curvature: float
@@ -81,6 +85,7 @@ class HessianReport:
     n_candidates: int
     verdict: str
     reason: str
+    flat_band_detail: dict[str, float] | None = None
     n_flat: int | None = None
     n_negative: int | None = None
     n_positive: int | None = None
@@ -161,17 +166,21 @@ def hessian_report(
     # Sampling error of H: sum_i (eps_i - mean eps) / n * H_i for random signs eps (own
     # generator, so that the estimate does not depend on the method).
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    norms = []
+    norms, noises = [], []
     for _ in range(cfg.noise_draws):
         eps = torch.randint(0, 2, (n,), generator=gen).to(theta) * 2 - 1
         noise = HessianOperator(work, layout, theta, tokens, (eps - eps.mean()) / n)
         norms.append(
             spectral_norm(noise.matvec, P, cfg.noise_iters, generator=gen, device=theta.device)
         )
-        n_hvp += noise.n_matvecs
+        noises.append(noise)
     lam_min, lam_max = float(ev[0]), float(ev[-1])
     noise_norm = float(sum(norms) / len(norms))
     tol = cfg.flat_factor * noise_norm
+    band, band_detail = tol, None
+    if method == "exact":
+        band, band_detail = flat_cluster_band(ev, V, noises, tol, cfg, gen)
+    n_hvp += sum(noise.n_matvecs for noise in noises)
     # Out-of-sample curvature along each half's k lowest (highest) eigenvectors, scored on
     # the other half; k candidates per side, so the threshold is Bonferroni-corrected.
     z = NormalDist().inv_cdf(1 - NormalDist().cdf(-cfg.k_sigma) / k)
@@ -192,10 +201,11 @@ def hessian_report(
     _, se_min = _mean_se(sequence_curvatures(work, layout, theta, tokens, v_min, cfg.batch_size))
     _, se_max = _mean_se(sequence_curvatures(work, layout, theta, tokens, v_max, cfg.batch_size))
     if method == "exact":
-        extra["n_flat"] = int((ev.abs() <= tol).sum())
-        extra["n_negative"] = int((ev < -tol).sum())
-        extra["n_positive"] = int((ev > tol).sum())
-        pos = V[:, ev > tol]
+        extra["n_flat"] = int((ev.abs() <= band).sum())
+        extra["n_negative"] = int((ev < -band).sum())
+        extra["n_positive"] = int((ev > band).sum())
+        extra["flat_band_detail"] = band_detail
+        pos = V[:, ev > band]
         if pos.shape[1]:
             share = pos.pow(2).sum(1)
             extra["positive_space_split"] = {
@@ -203,7 +213,7 @@ def hessian_report(
             }
     verdict, reason = _verdict(
         lam_min,
-        tol,
+        band,
         (ho_min, ho_min_se),
         (ho_max, ho_max_se),
         z,
@@ -223,6 +233,7 @@ def hessian_report(
         eigenvalues=[float(x) for x in ev],
         noise_norm=noise_norm,
         flat_tol=tol,
+        flat_band=band,
         heldout_curvature=ho_min,
         heldout_se=ho_min_se,
         heldout_max_curvature=ho_max,
@@ -237,6 +248,60 @@ def hessian_report(
         v_max=v_max.detach().cpu(),
         **extra,
     )
+
+
+def flat_cluster_band(
+    ev: Float[Tensor, " P"],
+    V: Float[Tensor, "P P"],
+    noises: list[HessianOperator],
+    tol: float,
+    cfg: LandscapeConfig,
+    generator: torch.Generator,
+) -> tuple[float, dict[str, float] | None]:
+    """The flat band tightened for the cluster C of eigenvalues with |lambda| <= tol.
+
+    Weyl's bound (tol = f ||E||, E the Hessian's sampling error, f = flat_factor) is set by the
+    noisiest direction, usually a strongly curved one. The eigenvalues of C move by at most
+    ||E_CC|| + ||E_perp,C||^2 / gap (the quadratic residual bound for a perturbed eigenvalue
+    cluster; Li & Li 2005), where E_CC = V_C^T E V_C is the noise inside C's eigenspace,
+    E_perp,C = (I - V_C V_C^T) E V_C its coupling to the rest, and gap the distance from C's
+    eigenvalues to the others. Each norm is estimated, like ||E||, on the random-sign noise
+    draws (Lanczos; mean over draws) and scaled by f. Returns (band, its terms), the band
+    being at most tol; (tol, None) when no eigenvalue is inside the band.
+    """
+    inside = ev.abs() <= tol
+    if not inside.any():
+        return tol, None
+    V_C = V[:, inside]
+    lo, hi = float(ev[inside].min()), float(ev[inside].max())
+    outside = ev[~inside]
+    gaps = [lo - float(x) for x in outside[outside < lo]] + [
+        float(x) - hi for x in outside[outside > hi]
+    ]
+    gap = min(gaps, default=math.inf)
+    dim = V_C.shape[1]
+    within, coupling = [], []
+    for noise in noises:
+
+        def cc(x: Tensor, noise=noise) -> Tensor:
+            return V_C.T @ noise.matvec(V_C @ x)
+
+        def coupled(x: Tensor, noise=noise) -> Tensor:  # R^T R x, R = (I - V_C V_C^T) E V_C
+            y = noise.matvec(V_C @ x)
+            return V_C.T @ noise.matvec(y - V_C @ (V_C.T @ y))
+
+        iters = min(cfg.noise_iters, dim)
+        within.append(spectral_norm(cc, dim, iters, generator=generator, device=ev.device))
+        if math.isfinite(gap):
+            coupling.append(
+                spectral_norm(coupled, dim, iters, generator=generator, device=ev.device) ** 0.5
+            )
+    f = cfg.flat_factor
+    e_cc = sum(within) / len(within)
+    e_perp = sum(coupling) / len(coupling) if coupling else 0.0
+    band = f * e_cc + ((f * e_perp) ** 2 / gap if math.isfinite(gap) else 0.0)
+    detail = {"noise_within": e_cc, "noise_coupling": e_perp, "gap": gap, "cluster_size": dim}
+    return min(tol, band), detail
 
 
 def _verdict(

@@ -104,7 +104,9 @@ def section_landscape(subject: Subject, config: ReportConfig, device) -> str:
         ["method (parameters)"] + [f"{h['method']} ({h['n_params']})" for h in reports.values()],
         ["lambda_min (+- se)"] + [pm(h, "lambda_min", "lambda_min_se") for h in reports.values()],
         ["lambda_max"] + [h["lambda_max"] for h in reports.values()],
-        ["flat band (sampling error)"] + [h["flat_tol"] for h in reports.values()],
+        ["flat band (sampling error)"]
+        + [h.get("flat_band", h["flat_tol"]) for h in reports.values()],
+        ["Weyl bound on it"] + [h["flat_tol"] for h in reports.values()],
         ["held-out curvature (+- se)"]
         + [pm(h, "heldout_curvature", "heldout_se") for h in reports.values()],
         ["verdict"] + [h["verdict"] for h in reports.values()],

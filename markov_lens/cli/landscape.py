@@ -492,7 +492,7 @@ def _print_summary(h: dict, out: Path, prediction=None, agree=None) -> None:
     print(
         f"Hessian ({h['method']}, {h['n_params']} params, {h['n_sequences']} sequences): "
         f"lambda_min {h['lambda_min']:.4g} +- {h['lambda_min_se']:.2g}, lambda_max "
-        f"{h['lambda_max']:.4g}; flat band +-{h['flat_tol']:.2g}"
+        f"{h['lambda_max']:.4g}; flat band +-{h['flat_band']:.2g} (Weyl bound +-{h['flat_tol']:.2g})"
     )
     print(f"verdict: {h['verdict']} -- {h['reason']}")
     if prediction is not None or agree is not None:
