@@ -27,6 +27,13 @@ from training.fused_attention import kernel_status
 from training.recipe import TrainConfig
 from training.trainer import resolve_device
 
+PATCHING_A, PATCHING_B = "batched", "transformer_lens.patching"  # what the patching lines compare
+
+
+def skipped_patching(why: str) -> Comparison:
+    """The patching section's line when it is not measured (``why``)."""
+    return Comparison("patching", PATCHING_A, PATCHING_B, None, None, skipped=why)
+
 
 def patching_comparisons(mode: str, device: str) -> list[Comparison]:
     """benchmarks.patching's comparison(s) as bench Comparisons (a "skipped" one if that
@@ -35,22 +42,13 @@ def patching_comparisons(mode: str, device: str) -> list[Comparison]:
     try:
         bench = importlib.import_module("benchmarks.patching")
     except ImportError as err:
-        return [
-            Comparison(
-                "patching",
-                "batched",
-                "transformer_lens.patching",
-                None,
-                None,
-                skipped=f"benchmarks.patching is not available: {err}",
-            )
-        ]
+        return [skipped_patching(f"benchmarks.patching is not available: {err}")]
     rows = bench.benchmark_patching(**_patching_sizes(bench, mode, device))
     return [
         Comparison(
             f"patching ({row['name']})",
-            "batched",
-            "transformer_lens.patching",
+            PATCHING_A,
+            PATCHING_B,
             row["batched_s"],
             row["transformer_lens_s"],
             row,
@@ -198,16 +196,7 @@ def run_benchmarks(
             )
     if "patching" in sections:
         if patching is None:
-            report(
-                Comparison(
-                    "patching",
-                    "batched",
-                    "transformer_lens.patching",
-                    None,
-                    None,
-                    skipped="no patching benchmark was supplied (run `markov-lens bench`)",
-                )
-            )
+            report(skipped_patching("no patching benchmark was supplied (run `markov-lens bench`)"))
         else:
             for c in patching(mode, str(dev)):
                 report(c)

@@ -15,16 +15,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from training.stats import finite
+
 PAIR_COLOURS = ("tab:blue", "tab:orange")
 MAX_HEATMAP_POSITIONS = 32
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _series(metrics: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(m["step"], m[key]) for m in metrics if _finite(m.get(key))]
+    pts = [(m["step"], m[key]) for m in metrics if finite(m.get(key))]
     if not pts:
         return np.array([]), np.array([])
     steps, values = zip(*pts, strict=True)
@@ -283,7 +281,7 @@ def plot_distances(distances) -> Figure | None:
     ax.bar(x - 0.2, [r["relative"] for r in rows], 0.4, label="||A-B|| / (||A||+||B||)")
     ax.bar(
         x + 0.2,
-        [r["cosine"] if _finite(r["cosine"]) else 0 for r in rows],
+        [r["cosine"] if finite(r["cosine"]) else 0 for r in rows],
         0.4,
         label="cosine(A, B)",
     )
@@ -309,15 +307,13 @@ def plot_probe_comparison(rows: list[dict[str, Any]], labels: tuple[str, str]) -
         x = np.arange(len(comps))
         for i, lab in enumerate(labels):
             by = {r["component"]: r for r in sel if r["run"] == lab}
-            vals = [
-                by[c]["score"] if c in by and _finite(by[c]["score"]) else np.nan for c in comps
-            ]
+            vals = [by[c]["score"] if c in by and finite(by[c]["score"]) else np.nan for c in comps]
             rnd = [by[c].get("random_score", np.nan) if c in by else np.nan for c in comps]
             ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, color=PAIR_COLOURS[i], label=lab)
-            ax.plot(x + (i - 0.5) * 0.4, [v if _finite(v) else np.nan for v in rnd], "kx", ms=4)
+            ax.plot(x + (i - 0.5) * 0.4, [v if finite(v) else np.nan for v in rnd], "kx", ms=4)
         ax.set_xticks(x, comps, rotation=60, fontsize=7)
         ax.set_ylim(
-            min(0.0, np.nanmin([r["score"] for r in sel if _finite(r["score"])] or [0])), 1.02
+            min(0.0, np.nanmin([r["score"] for r in sel if finite(r["score"])] or [0])), 1.02
         )
         ax.set_title(f"probe {target} (x: random model)", fontsize=9)
         ax.set_ylabel("held-out score (R^2 or accuracy)", fontsize=8)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -50,6 +50,7 @@ from interp.patching import (
 )
 from interp.patching_plots import plot_direct_paths, plot_patching_result
 from training.chains import InContextChain, MarkovChain
+from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer
 from training.runs import load_run, step_dir_name
 
@@ -63,9 +64,11 @@ MAX_DEFAULT_LEN = 128  # default sequence length cap (patching sweeps every posi
 
 
 @dataclass
-class ExplainConfig:
+class ExplainConfig(JsonConfig):
     """What ``explain_model`` samples and measures. seq_len None: the run's training length
     capped at 128 and n_ctx. corruptions None: flip and resample (+ kernel_swap in-context)."""
+
+    config_name = "explain config"
 
     n_seqs: int = 64
     seq_len: int | None = None
@@ -86,9 +89,6 @@ class ExplainConfig:
         for c in self.corruptions or []:
             if c not in CORRUPTIONS:
                 raise ValueError(f"unknown corruption {c!r}; allowed: {CORRUPTIONS}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_corruptions(chain: MarkovChain) -> list[str]:

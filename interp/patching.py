@@ -484,8 +484,10 @@ def ablation_source(
     """Source activations for ablating a batch of ``batch`` sequences (docs/theory.md section 5):
     "mean": every activation's mean over ``reference_tokens`` at the same position;
     "resample": the activations of a reference sequence drawn at random (with ``generator``)
-    for each example. Pass the result to ``patch_sweep`` as ``source``. reference_cache: the
-    cache of ``cache_run(model, reference_tokens)`` if already computed (e.g. for both modes)."""
+    for each example. Pass the result to ``patch_sweep`` as ``source`` (one patch at a time),
+    or to ``ablation_hooks`` (whole activations, several at once). reference_cache: the cache
+    of ``cache_run(model, reference_tokens)`` (or the part of one to ablate) if already
+    computed (e.g. for both modes); the result has its hooks."""
     if mode not in ABLATIONS:
         raise ValueError(f"ablation mode must be one of {ABLATIONS}, got {mode!r}")
     tokens = model.check_tokens(reference_tokens).to(model.W_E.device)
@@ -494,6 +496,27 @@ def ablation_source(
         return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in cache.items()}
     pick = torch.randint(0, tokens.shape[0], (batch,), generator=generator)
     return {k: v[pick.to(v.device)] for k, v in cache.items()}
+
+
+def ablation_hooks(
+    source: dict[str, Tensor], names: Collection[str]
+) -> list[tuple[str, Callable[[Tensor, object], Tensor]]]:
+    """Forward hooks ablating every activation in ``names`` whole and all at once: each is
+    replaced, at every position (and head), by its ``source`` value (``ablation_source`` for a
+    batch of the size the hooked model runs). ``patch_sweep`` / ``run_ablation`` ablate one
+    (layer, position[, head]) or one layer at a time instead."""
+    _check_cached(source, names, "source")
+
+    def replace(x: Tensor, hook) -> Tensor:
+        value = source[hook.name]
+        if value.shape != x.shape:
+            raise ValueError(
+                f"ablation source {hook.name!r} has shape {tuple(value.shape)}, the run's "
+                f"activation {tuple(x.shape)} (ablation_source for this batch size needed)"
+            )
+        return value
+
+    return [(name, replace) for name in names]
 
 
 @torch.no_grad()

@@ -26,7 +26,6 @@ plateau is visible against the head and probe scores.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from interp.compare import (
 from interp.compare_plots import fmt, md_table
 from interp.heads import head_scores
 from training.chains import InContextChain
+from training.jsonconfig import JsonConfig
 from training.runs import Run, load_run
 from training.trainer import EvalSet
 from training.verdicts import summarise_metrics
@@ -61,7 +61,7 @@ VERDICT_COLOURS = {"bigram": "tab:green", "unigram": "tab:red", "neither": "tab:
 
 
 @dataclass
-class TimelineConfig:
+class TimelineConfig(JsonConfig):
     """What the timeline measures (JSON-able).
 
     steps: "all", "last" or a list of checkpoint steps. n_seqs sequences of seq_len tokens
@@ -70,6 +70,8 @@ class TimelineConfig:
     ``probe_components`` (None: the "resid" group) with probe_seqs sequences and
     probe_positions positions each. cka: CKA and parameter distances to the last checkpoint.
     """
+
+    config_name = "timeline config"
 
     steps: str | list[int] = "all"
     n_seqs: int = 16
@@ -89,17 +91,6 @@ class TimelineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
             raise ValueError(f"seq_len must be an integer >= 2 or None, got {self.seq_len!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TimelineConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TimelineConfig keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
 
 
 @dataclass

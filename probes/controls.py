@@ -104,8 +104,9 @@ def shuffled_target(target: Target, generator: torch.Generator | None = None) ->
 def random_model(
     cfg: ModelConfig, seed: int, device: str | torch.device | None = None
 ) -> MarkovTransformer:
-    """A randomly initialised model of the same architecture (paper init, seeded), eval mode."""
-    cfg = ModelConfig.from_dict(cfg.to_dict())  # own copy: the model keeps cfg in sync
+    """A randomly initialised model of the same architecture (paper init, seeded, whatever
+    cfg.init says: its cfg.init is "paper"), eval mode."""
+    cfg = ModelConfig.from_dict(cfg.to_dict() | {"init": "paper"})  # own copy, paper init
     model = MarkovTransformer(cfg, seed=seed)
     if device is not None:
         model = model.to(device)

@@ -66,6 +66,7 @@ from probes.targets import (
 )
 from training.chains import MarkovChain
 from training.devices import resolve_device
+from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer
 
 RUN_COLUMNS = ["run", "step", "n_layers", "tied", "window"]
@@ -93,7 +94,7 @@ NAN = math.nan
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(JsonConfig):
     """What to probe and how (JSON-able).
 
     targets / components: names (targets.py, activations.py; components also take groups);
@@ -105,6 +106,8 @@ class ProbeConfig:
     cv_folds: inner folds choosing the ridge alpha (and logistic l2 when l2s lists several).
     control: input type of the control tasks (controls.INPUT_TYPES) or None for none.
     """
+
+    config_name = "probe config"
 
     targets: list[str] | None = None
     components: list[str] | None = None
@@ -160,17 +163,6 @@ class ProbeConfig:
             raise ValueError("components must list at least one component (or be None)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown probe config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
 
     def resolved_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -20,7 +20,9 @@ from interp.atlas.measure import (
     transfer_chains,
 )
 from interp.atlas.runner import load_atlas, mechanism_step, run_atlas
+from interp.corruptions import make_patching_data
 from interp.landscape import theta_pi_model
+from interp.patching import make_metric
 from tests.tiny_runs import CHAIN, SEQ_LEN, one_thread, train_tiny
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
@@ -144,6 +146,32 @@ def test_shares_add_up_without_final_layernorm(tmp_path):
     d = dependence_at_lag(run.model(), CHAIN, 0, 64, SEQ_LEN, seed=0)
     for direction in ("noise", "denoise"):
         assert sum(d["shares"][direction].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_necessity_is_the_flip_effect_left_under_mean_ablation(untied_run):
+    """necessity: every layer's attn_out (mlp_out) replaced by its mean over the clean batch at
+    each position, in the clean and the corrupted run; bitwise a hand-written ablation's."""
+    model = untied_run.model().eval()
+    d = dependence_at_lag(model, CHAIN, 0, 64, SEQ_LEN, seed=0)
+    gen = torch.Generator().manual_seed(101)  # dependence_at_lag's batch at lag 0
+    data = make_patching_data(CHAIN, "flip", 64, SEQ_LEN, gen, position=-1)
+    fn = make_metric("logit_diff", data)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(  # attn_out / mlp_out only: fused attention
+            data.clean,
+            names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out")),
+            return_cache_object=False,
+        )
+
+    def mean(x, hook):
+        return cache[hook.name].mean(0, keepdim=True).expand_as(x)
+
+    assert set(d["necessity"]) == {"attention", "mlp"}
+    for kind, act in (("attention", "attn_out"), ("mlp", "mlp_out")):
+        hooks = [(f"blocks.{layer}.hook_{act}", mean) for layer in range(model.cfg.n_layers)]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            ablated = float(fn(model(data.clean)).mean() - fn(model(data.corrupt)).mean())
+        assert d["necessity"][kind] == 1.0 - ablated / d["effect"]
 
 
 def test_lag_the_truth_ignores_has_no_ratio_but_a_sensitivity(untied_run):

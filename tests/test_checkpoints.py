@@ -27,10 +27,10 @@ from training.config import ModelConfig
 from training.model import MarkovTransformer
 
 
-def make_model(seed: int = 0, **overrides) -> MarkovTransformer:
+def make_model(seed: int = 0, *, pi: torch.Tensor | None = None, **overrides) -> MarkovTransformer:
     base = dict(d_vocab=3, n_ctx=16, n_layers=2, n_heads=2, d_model=8, init_range=0.3)
     base.update(overrides)
-    return MarkovTransformer(ModelConfig(**base), seed=seed)
+    return MarkovTransformer(ModelConfig(**base), seed=seed, pi=pi)
 
 
 def toks(batch: int = 3, length: int = 16) -> torch.Tensor:
@@ -103,6 +103,22 @@ def test_float64_round_trip_keeps_precision(tmp_path):
     model = make_model().to(torch.float64)
     loaded = load_checkpoint(save_checkpoint(tmp_path / "c", model), device="cpu")
     assert loaded.W_E.dtype == torch.float64
+    assert torch.equal(loaded(toks()), model(toks()))
+
+
+@pytest.mark.parametrize("init", ["theta_pi", "good"])
+def test_a_named_init_round_trips(tmp_path, init):
+    """A checkpoint holds no pi: loading a theta_pi model builds its skeleton without the
+    init (every weight is loaded), and the loaded model still says cfg.init == "theta_pi"."""
+    pi = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    model = make_model(init=init, tie_embeddings=False, pi=pi)  # pi: ignored by "good"
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "c", model), device="cpu")
+    assert loaded.cfg == model.cfg and loaded.cfg.init == init
+    assert all(m.cfg is loaded.cfg for m in loaded.blocks)  # one cfg, shared
+    want, got = model.state_dict(), loaded.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
     assert torch.equal(loaded(toks()), model(toks()))
 
 

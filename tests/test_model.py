@@ -4,6 +4,7 @@ attention windows, causality, losses, input errors, TransformerLens tools, named
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -698,7 +699,7 @@ def test_theta_pi_predicts_the_stationary_marginal(overrides, gen):
     pi = stationary_marginal(chain).float()
     torch.testing.assert_close(pi, torch.tensor([q, p]) / (p + q))
     cfg = ModelConfig.paper(n_ctx=128, init="theta_pi", **overrides)
-    model = apply_init(MarkovTransformer(cfg, seed=0), pi=pi)
+    model = MarkovTransformer(cfg, seed=0, pi=pi)
     toks = chain.sample(64, 128, generator=gen)
     logits = model(toks)
     probs = logits.softmax(-1)
@@ -732,18 +733,18 @@ def test_theta_pi_is_a_stationary_point_in_expectation(gen):
         return torch.cat([g.grad.flatten() for g in model.parameters()]).norm().item()
 
     paper = MarkovTransformer(ModelConfig.paper(n_ctx=64, init_range=0.5), seed=0)
-    at_pi = init_theta_pi(
-        MarkovTransformer(ModelConfig.paper(n_ctx=64, init_range=0.5), seed=0), pi
+    at_pi = MarkovTransformer(
+        ModelConfig.paper(n_ctx=64, init_range=0.5, init="theta_pi"), seed=0, pi=pi
     )
     assert grad_norm(at_pi) < 0.05 * grad_norm(paper)
 
 
 def test_good_init_sets_the_documented_values():
     cfg = ModelConfig.paper(n_ctx=32, init="good", tie_embeddings=False)
-    model = apply_init(MarkovTransformer(cfg, seed=0))
+    model = MarkovTransformer(cfg, seed=0)
     assert (model.W_E == -1).all() and (model.pos_embed.W_pos == 0.5).all()
     assert (model.blocks[0].mlp.W_in == 2).all() and (model.blocks[0].mlp.W_out == -2).all()
-    fresh = MarkovTransformer(cfg, seed=0)
+    fresh = MarkovTransformer(dataclasses.replace(cfg, init="paper"), seed=0)
     for name in ("W_Q", "W_K", "W_V", "W_O"):
         assert torch.equal(getattr(model.blocks[0].attn, name), getattr(fresh.blocks[0].attn, name))
     assert torch.equal(model.W_U, fresh.W_U)  # untied W_U keeps its paper init
@@ -753,7 +754,7 @@ def test_good_init_sets_the_documented_values():
 
 def test_apply_init_errors():
     model = MarkovTransformer(ModelConfig.paper(n_ctx=8), seed=0)
-    assert apply_init(model) is model  # "paper": nothing to do
+    assert apply_init(model, "paper") is model  # nothing to do
     with pytest.raises(ValueError, match="needs the chain's stationary marginal pi"):
         apply_init(model, "theta_pi")
     with pytest.raises(ValueError, match="unknown init 'zeros'"):
@@ -767,6 +768,85 @@ def test_apply_init_errors():
     no_bias = MarkovTransformer(ModelConfig.paper(n_ctx=8, unembed_bias=False), seed=0)
     with pytest.raises(ValueError, match="needs the unembedding bias"):
         init_theta_pi(no_bias, torch.tensor([0.5, 0.5]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(tie_embeddings=True),
+        dict(tie_embeddings=False, n_layers=2, n_heads=2, linear_bias=True),
+        dict(token_embedding="linear", normalization_type=None),
+    ],
+)
+@pytest.mark.parametrize("init", ["good", "theta_pi"])
+def test_the_model_applies_its_configs_init(init, overrides):
+    """MarkovTransformer(cfg, seed, pi=pi) is the paper init of that seed followed by the
+    named init of training.inits, parameter by parameter (issue 17)."""
+    chain = BinaryChain(0.3, 0.6)
+    pi = stationary_marginal(chain)
+    paper_cfg = ModelConfig.paper(n_ctx=16, init_range=0.5, **overrides)
+    model = MarkovTransformer(dataclasses.replace(paper_cfg, init=init), seed=0, pi=pi)
+    named = init_good if init == "good" else lambda m: init_theta_pi(m, pi)
+    expected = named(MarkovTransformer(paper_cfg, seed=0))
+    want, got = expected.state_dict(), model.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    assert not torch.equal(model.W_E, MarkovTransformer(paper_cfg, seed=0).W_E)
+    assert model.cfg.init == init
+    if init == "theta_pi":  # it predicts pi whatever the context: its loss is H(pi)
+        tokens = torch.randint(0, 2, (4, 16), generator=torch.Generator().manual_seed(0))
+        log_probs = model(tokens).log_softmax(-1).double()
+        torch.testing.assert_close(log_probs.exp(), pi.expand_as(log_probs), rtol=0, atol=1e-6)
+        loss = -(pi * log_probs).sum(-1)  # the population loss at each position
+        torch.testing.assert_close(
+            loss, torch.full_like(loss, unigram_loss(chain)), atol=1e-6, rtol=0
+        )
+
+
+def test_theta_pi_without_pi_is_refused_and_pi_is_keyword_only():
+    cfg = ModelConfig.paper(n_ctx=8, init="theta_pi")
+    fix = r"MarkovTransformer\(cfg, pi=stationary_marginal\(chain\)\)"
+    with pytest.raises(
+        ValueError, match=f"init 'theta_pi' needs the chain's stationary marginal: {fix}"
+    ):
+        MarkovTransformer(cfg, seed=0)
+    with pytest.raises(ValueError, match=r"pi must have shape \(2,\)"):
+        MarkovTransformer(cfg, seed=0, pi=torch.tensor([0.2, 0.3, 0.5]))
+    with pytest.raises(TypeError):
+        MarkovTransformer(cfg, 0, torch.tensor([0.5, 0.5]))
+    paper = ModelConfig.paper(n_ctx=8)  # the other inits ignore pi
+    with_pi = MarkovTransformer(paper, seed=0, pi=torch.tensor([0.5, 0.5])).state_dict()
+    without = MarkovTransformer(paper, seed=0).state_dict()
+    assert all(torch.equal(with_pi[k], without[k]) for k in without)
+
+
+@pytest.mark.parametrize("init", ["paper", "good", "theta_pi"])
+def test_a_named_init_leaves_the_callers_config_alone(init):
+    cfg = ModelConfig.paper(n_ctx=8, init=init)
+    before = copy.deepcopy(cfg)
+    model = MarkovTransformer(cfg, seed=0, pi=torch.tensor([0.4, 0.6], dtype=torch.float64))
+    assert cfg == before and cfg.init == init
+    assert model.cfg is not cfg and model.cfg == cfg
+    assert all(block.cfg is model.cfg for block in model.blocks)  # one copy, shared
+
+
+@pytest.mark.parametrize("init", ["good", "theta_pi"])
+def test_models_whose_weights_are_replaced_are_built_without_the_named_init(init):
+    """random_model (a paper-init control) and ensemble_logits (a skeleton for stacked
+    weights) take any config, theta_pi included, without a pi."""
+    from probes.controls import random_model
+    from training.stacked import StackedWeights, ensemble_logits
+
+    cfg = ModelConfig.paper(n_ctx=8, init=init)
+    rnd = random_model(cfg, 3)
+    paper = MarkovTransformer(dataclasses.replace(cfg, init="paper"), seed=3)
+    assert rnd.cfg.init == "paper" and cfg.init == init
+    assert all(torch.equal(p, q) for p, q in zip(rnd.parameters(), paper.parameters(), strict=True))
+    model = MarkovTransformer(cfg, seed=0, pi=torch.tensor([0.4, 0.6], dtype=torch.float64))
+    tokens = torch.randint(0, 2, (1, 3, 8), generator=torch.Generator().manual_seed(0))
+    params = StackedWeights.from_models([model]).params
+    torch.testing.assert_close(ensemble_logits(cfg, params, tokens), model(tokens[0])[None])
 
 
 def test_linear_token_embedding_is_x_times_e():
@@ -789,8 +869,6 @@ def test_linear_token_embedding_is_x_times_e():
 
 
 def test_good_init_means_what_it_meant_only_in_the_simplified_model():
-    from training.inits import apply_init
-
     toks = torch.tensor([[0, 1, 0, 1, 1, 0, 0, 1]])
     table = apply_init(MarkovTransformer(ModelConfig.paper(n_ctx=8), seed=0), "good")
     _, c = table.run_with_cache(toks)

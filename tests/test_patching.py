@@ -13,6 +13,7 @@ from transformer_lens import ActivationCache
 from benchmarks.patching import benchmark_patching, format_row
 from interp.corruptions import make_patching_data
 from interp.patching import (
+    ablation_hooks,
     ablation_source,
     cache_run,
     cache_runs,
@@ -385,6 +386,41 @@ def test_ablation():
     assert torch.isfinite(mean_self["loss_increase"]["mlp_out_all"]).all()
     with pytest.raises(ValueError, match="ablation mode"):
         ablation_source(model, 6, same, "zero")
+
+
+def test_ablation_hooks_ablate_whole_activations_at_once():
+    """ablation_hooks replace every named activation whole by the ablation source: all layers
+    at once as a hand-written hook does, and one layer alone as run_ablation's "_all" sweep."""
+    model = perturbed(MODELS["deep"])
+    chain = KthOrderChain.random(3, 1, 1.0)
+    gen = torch.Generator().manual_seed(8)
+    data = make_patching_data(chain, "resample", 6, 8, gen)
+    reference = chain.sample(5, 8, generator=gen)
+    names = [f"blocks.{layer}.hook_attn_out" for layer in range(model.cfg.n_layers)]
+    source = ablation_source(model, 6, reference, "mean")
+    _, cache = model.run_with_cache(reference, return_cache_object=False)
+
+    def by_hand(x, hook):
+        return cache[hook.name].mean(0, keepdim=True).expand_as(x)
+
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=ablation_hooks(source, names)):
+            ablated = model(data.clean)
+        expected = model.run_with_hooks(data.clean, fwd_hooks=[(n, by_hand) for n in names])
+    assert torch.equal(ablated, expected)
+    fn = make_metric("logprob", data)
+    sweep = run_ablation(model, data, reference, "mean", ["attn_out"])["loss_increase"]
+    with torch.no_grad():
+        base = float(fn(model(data.clean)[:, -1:]).mean())
+    for layer, name in enumerate(names):
+        with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(source, [name])):
+            one = base - float(fn(model(data.clean)[:, -1:]).mean())
+        assert one == pytest.approx(float(sweep["attn_out_all"][layer]), abs=1e-5)
+    with pytest.raises(ValueError, match="has no activation"):
+        ablation_hooks(source, ["blocks.0.hook_nothing"])
+    with pytest.raises(ValueError, match="batch size"), torch.no_grad():
+        with model.hooks(fwd_hooks=ablation_hooks(source, names)):
+            model(data.clean[:3])
 
 
 @pytest.mark.parametrize("name", ["deep", "attn_only"])

@@ -16,6 +16,7 @@ good one was; an existing checkpoint is only replaced with overwrite=True.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -288,10 +289,15 @@ def config_difference(expected: ModelConfig, got: ModelConfig) -> str:
 def model_from_checkpoint(
     ckpt: Checkpoint, device: str | torch.device | None = None
 ) -> MarkovTransformer:
+    """A model (eval mode, on `device`) holding the checkpoint's weights and config."""
     device = resolve_device(device)
+    # The skeleton gets the paper init: every parameter is replaced by the loaded weights (an
+    # init "theta_pi" would need the chain's pi, which a checkpoint does not hold).
+    skeleton = dataclasses.replace(ckpt.config, init="paper")
     with torch.device("meta"):  # check the shapes before allocating what the config asks
-        check_weights_match(MarkovTransformer(ckpt.config), ckpt.weights)
-    model = MarkovTransformer(ckpt.config)
+        check_weights_match(MarkovTransformer(skeleton), ckpt.weights)
+    model = MarkovTransformer(skeleton)
+    model.cfg.init = ckpt.config.init  # the model's own cfg (shared by its submodules)
     dtypes = {v.dtype for v in ckpt.weights.values() if v.is_floating_point()}
     if len(dtypes) == 1:  # keep the saved precision (load_state_dict would cast to float32)
         model = model.to(dtypes.pop())

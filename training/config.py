@@ -8,11 +8,11 @@ and `transformer_lens.patching` read `model.cfg` unchanged.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from training.jsonconfig import JsonConfig
 
 ACT_FNS = ("gelu", "relu")
 NORMALIZATIONS = ("LN", None)
@@ -36,7 +36,7 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Architecture of a decoder-only transformer on a small vocabulary.
 
     attn_window: None is ordinary causal attention; an int M lets position n see positions
@@ -50,8 +50,12 @@ class ModelConfig:
     token x maps to x * e, so token 0 is the zero vector: the Local-to-Global paper's
     simplified model, with normalization_type=None; embed.W_E's row 0 is held at 0).
     init: "paper" N(0, init_range) with residual output projections N(0, init_range/sqrt(2L));
-    other named initialisations are applied by `training.init.apply_init`.
+    other named initialisations are applied by the model itself (MarkovTransformer(cfg, seed,
+    pi=...), training.inits).
     """
+
+    config_name = "model config"
+    runtime_fields = ("device",)  # the runtime field below: not serialised
 
     d_vocab: int = 2
     n_ctx: int = 1024
@@ -188,25 +192,7 @@ class ModelConfig:
     def final_rms(self) -> bool:
         return False
 
-    # --- serialisation ------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("device")
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"a model config must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - {"device"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
-
+    # --- serialisation: to_dict, to_json, from_dict (training.jsonconfig) ---------------
     @classmethod
     def paper(cls, **overrides: Any) -> ModelConfig:
         """The architecture of the paper's code (docs/theory.md section 3): d_model 8, 1 layer,

@@ -14,20 +14,27 @@
   constant for both tokens, which LayerNorm maps to 0: the model starts as a context-free
   predictor. Measured (p=0.5, q=0.8, tied, 400 steps, length 256): 2 of 10 seeds
   escaped to the kernel from it, against 10 of 10 from the paper init.
+
+The model applies its config's init itself: MarkovTransformer(cfg, seed) is the paper init
+followed by apply_init(model, cfg.init, pi), with pi passed as MarkovTransformer(cfg, seed,
+pi=stationary_marginal(chain)) for "theta_pi". init_theta_pi and init_good also move an
+existing model (e.g. a trained one, or one converted to float64) in place.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import torch
 
-if TYPE_CHECKING:  # annotations only: importing inits does not load transformer_lens
-    from training.model import MarkovTransformer
+# Any MarkovTransformer. inits imports nothing from training.model, not even for annotations
+# (an import under TYPE_CHECKING is an edge too): the model imports inits, since
+# MarkovTransformer(cfg, pi=...) applies cfg.init itself through apply_init.
+Model = TypeVar("Model", bound=torch.nn.Module)
 
 
 @torch.no_grad()
-def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransformer:
+def init_theta_pi(model: Model, pi: torch.Tensor) -> Model:
     """Set `model` to theta_pi for a stationary marginal `pi` [d_vocab] (all entries > 0)."""
     pi = torch.as_tensor(pi, dtype=torch.float64)
     if pi.shape != (model.cfg.d_vocab,):
@@ -50,7 +57,7 @@ def init_theta_pi(model: MarkovTransformer, pi: torch.Tensor) -> MarkovTransform
 
 
 @torch.no_grad()
-def init_good(model: MarkovTransformer) -> MarkovTransformer:
+def init_good(model: Model) -> Model:
     """The Local-to-Global "good" init (docs/theory.md section 4)."""
     model.embed.W_E.fill_(-1.0)
     if model.cfg.token_embedding == "linear":
@@ -64,11 +71,13 @@ def init_good(model: MarkovTransformer) -> MarkovTransformer:
     return model
 
 
-def apply_init(
-    model: MarkovTransformer, name: str | None = None, pi: torch.Tensor | None = None
-) -> MarkovTransformer:
-    """Apply the named initialisation (default: model.cfg.init) on top of the paper init."""
-    name = name or model.cfg.init
+def apply_init(model: Model, name: str, pi: torch.Tensor | None = None) -> Model:
+    """Apply the named initialisation `name` to `model` (which holds the paper init), in place.
+
+    The one dispatcher of the named inits: MarkovTransformer(cfg, seed, pi=pi) calls it with
+    cfg.init right after its paper init. "paper": nothing; "good": init_good; "theta_pi":
+    init_theta_pi with `pi` (the chain's stationary marginal, [d_vocab]), which is required.
+    """
     if name == "paper":
         return model
     if name == "theta_pi":

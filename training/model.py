@@ -35,6 +35,7 @@ from transformer_lens.hook_points import HookPoint
 
 from training.config import ModelConfig
 from training.fused_attention import band_mask, fused_attention, under_grad_transform, uses_fused
+from training.inits import apply_init
 
 ATTENTION_BACKENDS = ("auto", "torch", "explicit")
 
@@ -241,10 +242,25 @@ class MarkovTransformer(HookedRootModule):
     forward(tokens) returns logits [batch, pos, d_vocab]; return_type="loss" gives the mean
     next-token cross-entropy (nats) over positions 0..pos-2, "per_token_loss" gives it per
     position [batch, pos-1], "both" gives (logits, loss).
+
+    The weights start at `cfg.init` (training.inits): the paper init (init_weights, seeded
+    from `seed` when given), then for "good" init_good and for "theta_pi" init_theta_pi.
+    pi: the chain's stationary marginal, a tensor [d_vocab] of probabilities (float64, all
+    > 0, summing to 1; e.g. training.references.stationary_marginal(chain)); required by
+    init "theta_pi" (b_U = log pi), ignored by the other inits.
+    The model keeps its own copy of `cfg` (shared by its submodules); the caller's is never
+    changed.
     """
 
-    def __init__(self, cfg: ModelConfig, seed: int | None = None):
+    def __init__(
+        self, cfg: ModelConfig, seed: int | None = None, *, pi: Tensor | None = None
+    ) -> None:
         super().__init__()
+        if cfg.init == "theta_pi" and pi is None:
+            raise ValueError(
+                "init 'theta_pi' needs the chain's stationary marginal: "
+                "MarkovTransformer(cfg, pi=stationary_marginal(chain))"
+            )
         cfg = dataclasses.replace(cfg)  # its own copy: .to() records the device in it
         self.cfg = cfg
         self.embed = Embed(cfg)
@@ -259,6 +275,7 @@ class MarkovTransformer(HookedRootModule):
             self.ln_final = nn.Identity()
         self.unembed = Unembed(cfg, self.embed)
         self.init_weights(seed)
+        apply_init(self, cfg.init, pi)
         self.setup()
 
     # --- initialisation -----------------------------------------------------------------
@@ -266,7 +283,8 @@ class MarkovTransformer(HookedRootModule):
     def init_weights(self, seed: int | None = None) -> None:
         """The paper's init: N(0, init_range) on embeddings and linear maps, residual output
         projections (W_O, W_out) N(0, init_range / sqrt(2 n_layers)), LayerNorm w = 1, biases 0.
-        Seeded from `seed` when given (same seed, same weights)."""
+        Seeded from `seed` when given (same seed, same weights). The constructor applies
+        cfg.init's named init after it; calling this later gives the paper init alone."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         std = self.cfg.init_range
         resid_std = std / math.sqrt(2 * self.cfg.n_layers)

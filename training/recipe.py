@@ -18,12 +18,12 @@ decay it). ``decay_tied_embedding=True`` switches to that newer behaviour.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from training.jsonconfig import JsonConfig
 
 SCHEDULES = ("onecycle", "constant")
 ANNEALS = ("cos", "linear")
@@ -43,7 +43,7 @@ def _finite(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How a run is optimised and evaluated (every field has the paper's value by default).
 
     iters: optimiser updates. batch, seq_len: each update's fresh batch [batch, seq_len].
@@ -60,6 +60,8 @@ class TrainConfig:
     [pos, pos] scores; false: the explicit branch; the saved models are the same either way). device: "auto" (CUDA when available),
     "cpu", "cuda", "cuda:N".
     """
+
+    config_name = "train config"
 
     iters: int = 400
     batch: int = 16
@@ -170,23 +172,7 @@ class TrainConfig:
             return float(self.lr)
         return anneal(self.lr, final, (step - warm_end) / (end - warm_end))
 
-    # --- serialisation ------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        if not isinstance(d, dict):
-            raise ValueError(f"a train config must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
-
+    # --- serialisation: to_dict, to_json, from_dict (training.jsonconfig) ---------------
     @classmethod
     def paper(cls, **overrides: Any) -> TrainConfig:
         """The paper's recipe (the defaults), with `overrides`."""

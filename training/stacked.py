@@ -163,7 +163,8 @@ def ensemble_logits(
 ) -> Float[Tensor, "member batch pos d_vocab"]:
     """stacked_logits on a fresh MarkovTransformer(cfg) (fused_attention=False: the explicit
     attention branch)."""
-    model = MarkovTransformer(ModelConfig.from_dict(cfg.to_dict()), seed=0)
+    # paper init whatever cfg.init says: `params` replace every weight (and theta_pi needs pi)
+    model = MarkovTransformer(ModelConfig.from_dict(cfg.to_dict() | {"init": "paper"}), seed=0)
     model.set_fused_attention(fused_attention)
     return stacked_logits(model.to(tokens.device), params, tokens)
 

@@ -6,6 +6,9 @@ A paper's claim about what training does ("tied, p + q > 1 ends at the unigram p
 read as "it happens for most seeds": held when the whole 95% Wilson interval of the fraction
 of seeds for which it happened lies above 1/2, not held when the whole interval lies below
 1/2, undecided when the interval contains 1/2 (too few seeds to tell).
+
+``finite(x)``: whether a value read from a record is a real number (not None, a bool, a
+string, nan or inf).
 """
 
 from __future__ import annotations
@@ -14,9 +17,15 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 CLAIM_THRESHOLD = 0.5
+
+
+def finite(x: Any) -> bool:
+    """A real number, not nan or inf (None, booleans and strings are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

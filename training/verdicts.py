@@ -55,6 +55,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from training.stats import finite
+
 VERDICTS = ("bigram", "unigram", "neither")
 
 
@@ -73,10 +75,6 @@ class VerdictRule:
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def verdict(
@@ -116,7 +114,7 @@ def verdict_and_reason(
     label = _verdict(rel_excess, rel_unigram, dependence, gap, kl, rule)
     if (
         label == "unigram"
-        and _finite(context_dependence)
+        and finite(context_dependence)
         and context_dependence > rule.unigram_max_context
     ):
         return "neither", (
@@ -128,10 +126,10 @@ def verdict_and_reason(
 
 def _verdict(rel_excess, rel_unigram, dependence, gap, kl, rule) -> str:
     if gap < rule.min_gap:
-        return "bigram" if _finite(kl) and kl <= rule.degenerate_max_kl else "neither"
-    if not (_finite(rel_excess) and _finite(rel_unigram)):
+        return "bigram" if finite(kl) and kl <= rule.degenerate_max_kl else "neither"
+    if not (finite(rel_excess) and finite(rel_unigram)):
         return "neither"
-    dep = dependence if _finite(dependence) else None
+    dep = dependence if finite(dependence) else None
     if rel_excess <= rule.bigram_max_excess and (dep is None or dep >= rule.bigram_min_dependence):
         return "bigram"
     if rel_unigram <= rule.unigram_max_distance and (
@@ -164,13 +162,13 @@ def plateau_stats(
     first_near = None
     plateau = 0
     for i, (step, r, u) in enumerate(zip(steps, rel_excess, us, strict=True)):
-        if not _finite(r):
+        if not finite(r):
             continue
         if r >= 0.5:
             above = True
         elif above and exit_step is None:
             exit_step = int(step)
-        if abs(r - 1.0) <= rule.near_unigram and _finite(u) and u <= rule.near_unigram:
+        if abs(r - 1.0) <= rule.near_unigram and finite(u) and u <= rule.near_unigram:
             if first_near is None:
                 first_near = int(step)
             if i + 1 < len(steps):
@@ -185,7 +183,7 @@ def plateau_stats(
 def relative(value: float | None, gap: float) -> float | None:
     """value / gap, or None when the gap is degenerate (<= 0, or so small that the ratio
     overflows: p = 5e-324 gives a gap of 4e-321 nats) or the value is missing."""
-    if not _finite(value) or gap <= 0:
+    if not finite(value) or gap <= 0:
         return None
     ratio = float(value) / gap
     return ratio if math.isfinite(ratio) else None
@@ -199,7 +197,7 @@ def order_reached(
     None) and order_label."""
     rule = rule or VerdictRule()
     k = len(order_losses) - 1
-    if k < 0 or not _finite(kl):
+    if k < 0 or not finite(kl):
         return {"order_excess": None, "order_reached": None, "order_label": "neither"}
     L = [float(x) for x in order_losses]
     excess = [float(kl) - (L[j] - L[k]) for j in range(k + 1)]

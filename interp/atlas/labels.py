@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from training.stats import finite
+
 MARGINAL_RHO = 0.1
 KERNEL_RHO = 0.5
 CARRIER_SHARE = 0.5
@@ -39,11 +41,6 @@ THRESHOLDS = {
 }
 CARRIERS = ("attention", "mlp", "direct", "distributed")
 CARRIER_WORDS = {"attention": "attention", "mlp": "MLP", "direct": "embedding/direct"}
-
-
-def finite(v: Any) -> bool:
-    """A real number, not nan or inf (None, booleans and strings are not)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def main_lag(lags: list[dict[str, Any]]) -> dict[str, Any]:

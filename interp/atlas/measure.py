@@ -15,8 +15,9 @@ in-distribution change for chains with positive kernels). For each lag j < max(k
   layer and each MLP, noising (corrupt one component in the clean run) and denoising (clean
   one component in the corrupted run); groups attention / mlp / direct sum to ~1;
 - ``necessity``: the share of the flip effect that disappears when every attention layer
-  (or every MLP) is mean-ablated (outputs replaced by their mean over the batch at each
-  position, so the component passes no information about the particular sequence).
+  (or every MLP) is mean-ablated (outputs replaced by their mean over the clean batch at each
+  position, in the clean and the corrupted run, so the component passes no information about
+  the particular sequence; interp.patching.ablation_source and ablation_hooks).
 
 Transfer (in weights or in context?): the model reads sequences of ``TRANSFER`` chains of the
 same family with other parameters. Two references predict them: the training kernel applied
@@ -31,17 +32,23 @@ kernel of the model and of both references are reported too (nats).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from interp.atlas.labels import finite
 from interp.attention import attention_patterns, offset_profile
 from interp.corruptions import make_patching_data
 from interp.heads import head_scores
-from interp.patching import cache_runs, direct_path_effects, direct_path_hooks, make_metric
+from interp.patching import (
+    ablation_hooks,
+    ablation_source,
+    cache_runs,
+    direct_path_effects,
+    direct_path_hooks,
+    make_metric,
+)
 from training.chains import (
     BinaryChain,
     InContextChain,
@@ -49,7 +56,9 @@ from training.chains import (
     MarkovChain,
     add_pseudocount_probs,
 )
+from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer
+from training.stats import finite
 
 TRUE_EFFECT_MIN = 1e-3  # |true flip effect| below this (logits): rho undefined
 SENSITIVITY_MIN = 1e-3  # true total variation below this: the truth ignores the token
@@ -60,9 +69,11 @@ MAX_OFFSET = 8
 
 
 @dataclass
-class AtlasConfig:
+class AtlasConfig(JsonConfig):
     """How much the atlas measures per run (JSON-able). seq_len None: the run's training
     length capped at ``max_len``. The same seed gives every run the same sequences."""
+
+    config_name = "atlas config"
 
     n_seqs: int = 128
     seq_len: int | None = None
@@ -85,9 +96,6 @@ class AtlasConfig:
             raise ValueError(f"seq_len must be an integer >= 4 or None, got {self.seq_len!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def lags_of(chain: MarkovChain) -> list[int]:
@@ -124,25 +132,14 @@ def _group_layers(effects: dict[str, float], total: float) -> dict[str, float]:
 ABLATED = {"attention": "attn_out", "mlp": "mlp_out"}
 
 
-def ablation_hooks(model: MarkovTransformer, tokens: Tensor) -> dict[str, list]:
-    """Per kind ("attention", and "mlp" unless attention-only): forward hooks replacing every
-    layer's attn_out / mlp_out by its mean over ``tokens`` at each position (one cached run
-    gives the means of both)."""
-    kinds = [k for k in ABLATED if not (k == "mlp" and model.cfg.attn_only)]
-    names = {
-        kind: [f"blocks.{i}.hook_{ABLATED[kind]}" for i in range(model.cfg.n_layers)]
-        for kind in kinds
+def ablated_hooks(model: MarkovTransformer) -> dict[str, list[str]]:
+    """Per kind ("attention", and "mlp" unless attention-only): the hooks of every layer's
+    attn_out / mlp_out, ablated together for that kind's necessity."""
+    return {
+        kind: [f"blocks.{i}.hook_{act}" for i in range(model.cfg.n_layers)]
+        for kind, act in ABLATED.items()
+        if not (kind == "mlp" and model.cfg.attn_only)
     }
-    wanted = {n for group in names.values() for n in group}
-    _, cache = model.run_with_cache(
-        tokens, names_filter=lambda n: n in wanted, return_cache_object=False
-    )
-    means = {n: cache[n].mean(0, keepdim=True) for n in wanted}
-
-    def hook(x: Tensor, hook) -> Tensor:
-        return means[hook.name].expand_as(x)
-
-    return {kind: [(n, hook) for n in group] for kind, group in names.items()}
 
 
 @torch.no_grad()
@@ -161,9 +158,12 @@ def dependence_at_lag(
     data = make_patching_data(chain, "flip", n_seqs, n, gen, position=-1 - lag)
     dev = model.W_E.device
     clean, corrupt = data.clean.to(dev), data.corrupt.to(dev)
-    # each batch runs once, caching what the direct paths read (attention stays fused, so
-    # the logits are the plain forward's), for the laws and both directions
-    runs = cache_runs(model, data, direct_path_hooks(model.cfg))
+    # each batch runs once, caching what the direct paths (and the ablations) read: attention
+    # stays fused, so the logits are the plain forward's; for the laws, both directions and
+    # the ablation means
+    kinds = ablated_hooks(model) if ablate else {}
+    names = direct_path_hooks(model.cfg).union(*kinds.values())
+    runs = cache_runs(model, data, names)
     true_tv = 0.5 * float((data.clean_probs - data.corrupt_probs).abs().sum(-1).mean())
     laws_clean, laws_corrupt = _laws(runs.clean[0]), _laws(runs.corrupt[0])
     model_tv = 0.5 * float((laws_clean - laws_corrupt).abs().sum(-1).mean())
@@ -193,8 +193,18 @@ def dependence_at_lag(
     necessity = {}
     if ablate:
         fn = make_metric("logit_diff", data.to(dev))
-        for kind, hooks in ablation_hooks(model, clean).items():
-            with model.hooks(fwd_hooks=hooks):
+        # every layer's output of a kind replaced by its mean over the clean batch at each
+        # position, in both batches
+        wanted = {name for group in kinds.values() for name in group}
+        means = ablation_source(
+            model,
+            clean.shape[0],
+            clean,
+            "mean",
+            reference_cache={name: runs.clean[1][name] for name in wanted},
+        )
+        for kind, group in kinds.items():
+            with model.hooks(fwd_hooks=ablation_hooks(means, group)):
                 ablated = float(fn(model(clean)).mean() - fn(model(corrupt)).mean())
             necessity[kind] = 1.0 - ablated / effect if abs(effect) > 1e-9 else math.nan
     return out | {

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from interp.atlas.claims import check_claims
-from interp.atlas.labels import THRESHOLDS, finite
-from training.stats import bootstrap_interval, fmt_fraction, fmt_interval, wilson_interval
+from interp.atlas.labels import THRESHOLDS
+from training.stats import bootstrap_interval, finite, fmt_fraction, fmt_interval, wilson_interval
 from training.sweeps import markdown_table, write_csv
 
 AXES = ("chain", "layers", "window", "tie", "mlp")

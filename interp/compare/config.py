@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from training.jsonconfig import JsonConfig
 
 
 @dataclass
-class ComparisonConfig:
+class ComparisonConfig(JsonConfig):
     """What ``compare`` computes and on which inputs (JSON-able).
 
     n_seqs sequences of seq_len tokens (None: min(128, both models' n_ctx)) drawn from the
@@ -20,6 +20,8 @@ class ComparisonConfig:
     "resid" group; probe_seqs sequences, probe_positions positions each). patching: the
     activation-patching tables (``interp.patching``).
     """
+
+    config_name = "comparison config"
 
     n_seqs: int = 32
     seq_len: int | None = None
@@ -47,14 +49,3 @@ class ComparisonConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.input_chain not in ("a", "b"):
             raise ValueError(f"input_chain must be 'a' or 'b', got {self.input_chain!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ComparisonConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown comparison config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)

@@ -23,6 +23,7 @@ from torch.func import grad
 from interp.hessian import ParamLayout, sequence_losses
 from training.chains import MarkovChain
 from training.devices import resolve_device
+from training.jsonconfig import JsonConfig
 
 if TYPE_CHECKING:  # the model (transformer_lens) is imported where one is built
     from training.model import MarkovTransformer
@@ -33,7 +34,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass
-class LandscapeConfig:
+class LandscapeConfig(JsonConfig):
     """How landscape quantities are estimated.
 
     n_sequences, seq_len (None: the model's n_ctx), seed: the fixed sample from the chain.
@@ -48,6 +49,8 @@ class LandscapeConfig:
     include: parameter names or fnmatch patterns spanning the directions (None: all).
     batch_size: sequences per forward pass for losses.
     """
+
+    config_name = "landscape config"
 
     n_sequences: int = 2048
     seq_len: int | None = None
@@ -99,17 +102,6 @@ class LandscapeConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if isinstance(self.include, str):
             self.include = [self.include]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LandscapeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown landscape config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
 
 
 # ------------------------------------------------------------------------ population loss

@@ -9,6 +9,7 @@ prediction for one chain and architecture, as a JSON-able dict).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,11 @@ def theta_pi_model(
         )
     from training.model import MarkovTransformer
 
-    model = MarkovTransformer(model_config, seed=seed).to(dtype)
+    # Paper init, then theta_pi after the dtype change so that b_U = log pi in `dtype` (the
+    # constructor's pi= would compute it in float32); the model's cfg keeps model_config.init.
+    paper = dataclasses.replace(model_config, init="paper")
+    model = MarkovTransformer(paper, seed=seed).to(dtype)
+    model.cfg.init = model_config.init
     return init_theta_pi(model, stationary_marginal(chain))
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from training.jsonconfig import JsonConfig
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(JsonConfig):
     """What the report computes (JSON-able). seed, n_seqs, seq_len (None: min(128, n_ctx)):
     the held-out analysis inputs; attention_positions: positions in the attention heatmap;
     probes (probe_seqs x probe_positions); patching (patching_seqs sequences of the analysis
@@ -16,6 +16,8 @@ class ReportConfig:
     theta_pi from landscape_sequences sequences of landscape_seq_len tokens (None:
     min(32, n_ctx)), landscape_groups groups and landscape_iters Lanczos steps: a summary
     sized to take seconds; ``markov-lens landscape`` runs the full analysis."""
+
+    config_name = "report config"
 
     seed: int = 0
     n_seqs: int = 32
@@ -52,14 +54,3 @@ class ReportConfig:
                 raise ValueError(f"{name} must be an integer >= 2 or None, got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReportConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ReportConfig keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)

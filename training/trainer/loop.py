@@ -32,7 +32,6 @@ from torch import Tensor
 from training.chains import InContextChain
 from training.checkpoints import save_checkpoint
 from training.config import ModelConfig
-from training.inits import apply_init
 from training.model import MarkovTransformer
 from training.recipe import TrainConfig
 from training.references import stationary_marginal
@@ -77,14 +76,13 @@ class MemberStart:
 def _initial_model(member: Member, device: torch.device) -> MarkovTransformer:
     """The trainer's initial model for this member (same seed stream and init)."""
     cfg = ModelConfig.from_dict(member.model_config.to_dict())
-    model = MarkovTransformer(cfg, seed=derive_seed(member.seed, STREAM_INIT))
     chain = member.chain
     pi = (
         torch.full((chain.n_states,), 1.0 / chain.n_states, dtype=torch.float64)
         if isinstance(chain, InContextChain)
         else stationary_marginal(chain)
     )
-    apply_init(model, cfg.init, pi=pi)
+    model = MarkovTransformer(cfg, seed=derive_seed(member.seed, STREAM_INIT), pi=pi)
     return model.to(device)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from training.experiments.presets import EVAL_SEED
+
 ROOT = Path(__file__).resolve().parents[3]
 RUNS = ROOT / "runs" / "paper"
 DOCS = Path(__file__).resolve().parent
@@ -63,6 +65,9 @@ def main() -> None:
             "at times, so wall times are upper bounds)\n"
             f"- machine: 2-core {cpu_name()}, {platform.system()} {platform.machine()}, "
             f"torch {torch.__version__}, CPU only (no GPU was lent)\n"
+            f"- evaluation: every run of every cell on the same held-out batches (eval_seed "
+            f"{EVAL_SEED}, training.experiments.presets.EVAL_SEED), so seeds and cells compare "
+            "pair-wise and the true predictor's loss is one number per chain\n"
             "- seeds: 0..n-1 per cell (see the command); checkpoints and run directories are "
             "not committed: re-running the command rebuilds them exactly\n"
         )
