@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issue 13, for a machine with an NVIDIA GPU (a few minutes on an H200):
-#   1. the device-sensitive tests on CUDA (tests/test_cuda.py; they skip without a GPU),
+#   1. the device-sensitive tests on CUDA (tests/training/test_cuda.py; they skip without a GPU),
 #   2. one run at the paper's settings (400 updates of 16 x 1024, tied, p=0.5 q=0.8),
 #   3. a stack of 256 members: tokens/s and the ratio to 256 single-run steps.
 # usage: bash benchmarks/gpu_check.sh [OUT_DIR]        (default $OUT or /tmp/markov-lens-gpu)
@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
 echo "== 1. device-sensitive tests on CUDA"
-$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py 2>&1 \
+$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_cuda.py 2>&1 \
     | tee "$OUT_DIR/tests.log" || status=1
 echo "== 2-3. paper run and stack of 256"
 $PY benchmarks/gpu_check.py --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/figures.log" || status=1

@@ -48,7 +48,7 @@ from interp.patching import (
     run_ablation,
     run_patching,
 )
-from interp.patching_plots import plot_direct_paths, plot_patching_result
+from interp.patching.plots import plot_direct_paths, plot_patching_result
 from training.chains import InContextChain, MarkovChain
 from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer

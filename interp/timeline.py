@@ -49,7 +49,7 @@ from interp.compare import (
     shared_inputs,
     write_outputs,
 )
-from interp.compare_plots import fmt, md_table
+from interp.compare.plots import fmt, md_table
 from interp.heads import head_scores
 from training.chains import InContextChain
 from training.jsonconfig import JsonConfig

@@ -3,13 +3,14 @@ import os
 import matplotlib
 import pytest
 import torch
-from tiny_runs import one_thread as _one_thread_context
-from tiny_runs import train_tiny
+
+from tests.tiny_runs import one_thread as _one_thread_context
+from tests.tiny_runs import train_tiny, use_one_thread
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Tiny models: one thread is faster than two (thread hand-off dominates at these sizes).
-torch.set_num_threads(1)
+use_one_thread()
 
 
 @pytest.fixture
@@ -22,6 +23,15 @@ def gen():
 def one_thread():
     """One torch thread for the test, the previous count restored after it (a test may change
     it, as `--threads` does). Modules opt in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    with _one_thread_context():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread from the module's first test to its end. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread_module")`; a module-scoped fixture that
+    trains or measures requests it too, so that it is set up first."""
     with _one_thread_context():
         yield
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import train_tiny
+
+from tests.tiny_runs import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)

@@ -22,12 +22,19 @@ CHAIN = BinaryChain(0.5, 0.8)
 SEQ_LEN = 32
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run with one torch thread (restored after): models this small run faster on one
-    thread, and a shared, loaded machine makes multi-threaded spinning very slow."""
+def use_one_thread() -> int:
+    """Set torch to one CPU thread and return the count it had: models this small run faster
+    on one thread, and a shared, loaded machine makes multi-threaded spinning very slow. The
+    tests' only place that sets it (conftest's default, its fixtures, one_thread below)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
+    return old
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run with one torch thread, the previous count restored after."""
+    old = use_one_thread()
     try:
         yield
     finally:

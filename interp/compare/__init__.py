@@ -25,7 +25,7 @@ It is 1 for X = Y, invariant to orthogonal transforms and isotropic scaling of e
 Sources (``load_subject``): a run directory means its last checkpoint plus its metrics; a
 checkpoint directory means that checkpoint (plus its run's metrics up to its step when it
 lies inside a run directory); a ``Run`` or a ``MarkovTransformer`` (with ``chain=``) also work.
-Figures and the markdown summary are in ``interp.compare_plots``; ``Comparison.save`` writes
+Figures and the markdown summary are in ``interp.compare.plots``; ``Comparison.save`` writes
 them.
 
 One module per idea; each imports only modules listed before it (never this package's
@@ -39,9 +39,14 @@ re-exports), so there are no import cycles:
 - ``predictions``: shared_inputs, behaviour, predicted_probs, transition_table
   (TransitionTable), calibration;
 - ``probes_patching``: compare_probes, patching_data, patching_tables, compare_patching;
+- ``plots``: the figures (plot_curves, also for single runs; plot_transitions,
+  plot_attention_comparison, plot_offsets, plot_cka, plot_distances, plot_probe_comparison,
+  plot_patching_comparison; comparison_figures) and the markdown summary
+  (comparison_markdown; fmt, md_table, BEHAVIOUR_KEYS);
 - ``comparison``: compare and Comparison.
 
-Every public name is re-exported here.
+Every public name is re-exported here except the figures' and the summary's: import them
+from ``interp.compare.plots``.
 """
 
 from interp.compare.cka import CKAResult, cka_components, cka_matrix, linear_cka, representations

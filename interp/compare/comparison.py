@@ -3,7 +3,7 @@
 ``compare`` loads both sides (``subjects``), draws the shared inputs and runs every
 measurement (``predictions``, attention and heads, ``distances``, ``cka``,
 ``probes_patching``); ``Comparison`` holds the results, and its ``figures``, ``markdown`` and
-``save`` present them (``interp.compare_plots``, ``outputs``).
+``save`` present them (``plots``, ``outputs``).
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ class Comparison:
         }
 
     def figures(self) -> dict:
-        from interp.compare_plots import comparison_figures
+        from interp.compare.plots import comparison_figures
 
         return comparison_figures(self)
 
     def markdown(self, figure_names: list[str] | None = None) -> str:
-        from interp.compare_plots import comparison_markdown
+        from interp.compare.plots import comparison_markdown
 
         return comparison_markdown(self, figure_names)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from interp.compare import default_device, load_subject
-from interp.compare_plots import plot_curves
+from interp.compare.plots import plot_curves
 from interp.report.config import ReportConfig
 from interp.report.html import error_note, img, page, plain
 from interp.report.optional_sections import section_landscape, section_patching, section_probes

@@ -9,7 +9,7 @@ import io
 import json
 from typing import Any
 
-from interp.compare_plots import fmt
+from interp.compare.plots import fmt
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -48,7 +48,7 @@ def img(fig, alt: str) -> str:
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table; numbers through ``compare_plots.fmt``, text escaped."""
+    """An HTML table; numbers through ``interp.compare.plots.fmt``, text escaped."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
         "<tr>"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from interp.compare import Subject
-from interp.compare_plots import fmt
+from interp.compare.plots import fmt
 from interp.report.config import ReportConfig
 from interp.report.html import img, table
 from training.chains import InContextChain
@@ -143,7 +143,7 @@ def _carrier_text(carrier: str | None) -> str:
 def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> str:
     """Patching, direct paths and the mechanistic verdict (``interp.explain.explain_model``)."""
     from interp.explain import ExplainConfig, explain_model
-    from interp.patching_plots import plot_direct_paths, plot_patching_result
+    from interp.patching.plots import plot_direct_paths, plot_patching_result
 
     ec = ExplainConfig(
         n_seqs=config.patching_seqs, seq_len=min(seq_len, PATCH_POSITIONS), seed=config.seed

@@ -16,7 +16,7 @@ from interp.compare import (
     shared_inputs,
     transition_table,
 )
-from interp.compare_plots import BEHAVIOUR_KEYS, plot_transitions
+from interp.compare.plots import BEHAVIOUR_KEYS, plot_transitions
 from interp.report.config import ReportConfig
 from interp.report.html import img, kv_table, table
 from training.recipe import TrainConfig

@@ -48,7 +48,7 @@ def run_patch(args: argparse.Namespace) -> int:
     from interp.corruptions import make_patching_data
     from interp.explain import check_outputs, finite_json
     from interp.patching import ACTS, DIRECTIONS, cache_runs, direct_path_effects, run_patching
-    from interp.patching_plots import plot_patching_result
+    from interp.patching.plots import plot_patching_result
 
     run, model, step, out, n = open_run(args, "patch")
     acts = [a.strip() for a in args.acts.split(",") if a.strip()]

@@ -32,7 +32,7 @@ from training.trainer import (
 )
 from training.verdicts import VerdictRule, plateau_stats, summarise_metrics, verdict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/training/this file
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

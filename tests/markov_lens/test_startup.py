@@ -19,7 +19,7 @@ import pytest
 
 from markov_lens.cli import COMMANDS, OneLineParser, build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/markov_lens/this file
 HEAVY = (
     "transformer_lens",
     "training.model",

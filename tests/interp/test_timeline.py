@@ -7,19 +7,16 @@ import json
 import math
 
 import pytest
-from tiny_runs import SEQ_LEN, one_thread
 
 from interp.timeline import TimelineConfig, timeline
 from probes.activations import resolve_components
+from tests.tiny_runs import SEQ_LEN
 from training.runs import load_run
 
 SMALL = dict(n_seqs=6, seq_len=SEQ_LEN, probe_seqs=24, probe_positions=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

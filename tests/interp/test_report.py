@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import pytest
-from tiny_runs import one_thread
 
 from interp.report import ReportConfig, build_report, write_report
 from markov_lens.cli import main
@@ -68,10 +67,7 @@ CHECKER = """<script>
 </script>"""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

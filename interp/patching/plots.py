@@ -8,7 +8,8 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from interp.patching import PatchingResult, result_axes
+from interp.patching.activation import PatchingResult
+from interp.patching.sweep import result_axes
 
 
 def patching_rows(values: Float[Tensor, "..."], act: str) -> tuple[np.ndarray, list[str]]:

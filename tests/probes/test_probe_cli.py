@@ -4,11 +4,10 @@ refusals and errors; the science is tested in test_probe_trained.py)."""
 import json
 
 import pytest
-import torch
-from figures import assert_drawn
 
 from markov_lens.cli import main
 from probes.sweeps import COLUMNS, ProbeConfig, pivot, read_csv, select_steps, write_csv
+from tests.figures import assert_drawn
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.recipe import TrainConfig
@@ -18,13 +17,7 @@ FAST = ["--n-seqs", "24", "--positions", "8", "--targets", "x_n", "next_prob",
         "--components", "embed", "resid_final", "--no-random-baseline", "--device", "cpu"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one torch thread is as fast, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 import json
 
 import pytest
-import torch
 
 from interp.explain import (
     ExplainConfig,
@@ -40,13 +39,11 @@ def _train(path, model_cfg, chain, iters, batch=16, lr=1e-2, per_octave=0, seed=
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread_module):
     """Three real runs: an untied 1-layer model that learns the kernel, a tied model
     initialised at theta_pi (the unigram stationary point), and a 2-layer attention-only model
     on a doubly stochastic in-context chain (whose unigram loss is log 2, so beating it needs
     x_n)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
     out = {
         "bigram": _train(
@@ -69,8 +66,7 @@ def runs(tmp_path_factory):
             batch=32,
         ),
     }
-    yield out
-    torch.set_num_threads(old)
+    return out
 
 
 def _explain(run_dir, **kw):

@@ -21,14 +21,7 @@ from training.chains import BinaryChain, InContextChain, KthOrderChain, add_pseu
 from training.config import ModelConfig
 from training.model import MarkovTransformer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one torch thread is as fast, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -29,18 +29,12 @@ Activation kinds (TransformerLens names, result layouts as ``get_act_patch_*``):
 - "z", "q", "k", "v" per head: [layer, pos, head]; with ``by_pos=False`` (all positions at
   once, ``get_act_patch_attn_head_*_all_pos``): [layer, head]
 - "pattern": [layer, head, dest_pos]; with ``by_pos=False``: [layer, head]
-
-Metrics map logits [*patches, batch, readout, vocab] to [*patches, batch] (nats or logits).
-Normalised effect (docs/theory.md section 5): (M - M_corrupt) / (M_clean - M_corrupt), on batch
-means; denoising (clean activations into the corrupted run) measures sufficiency (1 = the patch
-restores the clean behaviour), noising (corrupted activations into the clean run) measures
-necessity (0 = the patch destroys it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,15 +44,11 @@ from torch import Tensor
 from interp.corruptions import PatchingData
 
 if TYPE_CHECKING:
-    from training.config import ModelConfig
     from training.model import MarkovTransformer
 
 LAYER_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_ACTS = ("z", "q", "k", "v")
 ACTS = LAYER_ACTS + HEAD_ACTS + ("pattern",)
-DIRECTIONS = ("denoise", "noise")
-METRICS = ("logit_diff", "logprob")
-ABLATIONS = ("mean", "resample")
 DEFAULT_BUDGET = 1 << 24  # float elements of the largest tensor of one forward pass
 
 Metric = Callable[[Float[Tensor, "*patch batch readout vocab"]], Float[Tensor, "*patch batch"]]
@@ -120,13 +110,13 @@ def cache_runs(
     return PatchingRuns(cache_run(model, data.clean, names), cache_run(model, data.corrupt, names))
 
 
-def _check_cached(cache: dict[str, Tensor], names: Collection[str], what: str) -> None:
+def check_cached(cache: dict[str, Tensor], names: Collection[str], what: str) -> None:
     missing = sorted(set(names) - set(cache))
     if missing:
         raise ValueError(f"{what} has no activation {', '.join(map(repr, missing))}")
 
 
-def _check_act(model: MarkovTransformer, act: str) -> None:
+def check_act(model: MarkovTransformer, act: str) -> None:
     if act not in ACTS:
         raise ValueError(f"unknown activation {act!r}; allowed: {ACTS}")
     if model.cfg.attn_only and act in ("resid_mid", "mlp_out"):
@@ -266,7 +256,7 @@ def patch_sweep(
     target_run: the target's (logits, cache) from ``cache_run(model, target_tokens)`` (every
     hook) if already computed; None: the sweep runs the target itself.
     """
-    _check_act(model, act)
+    check_act(model, act)
     result_axes(act, by_pos)
     if reduce not in ("mean", "none"):
         raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
@@ -288,7 +278,7 @@ def patch_sweep(
     if target_run is None:
         target_run = cache_run(model, tokens)
     logits, target = target_run
-    _check_cached(target, names, "target_run")
+    check_cached(target, names, "target_run")
     if tuple(logits.shape[:2]) != (B, N):
         raise ValueError(
             f"target_run's logits have shape {tuple(logits.shape)}, not those of the "
@@ -328,332 +318,3 @@ def patch_sweep(
         out[start:stop] = metric(block).to(out.dtype)
     out = out.view(*_result_shape(act, by_pos, cfg.n_layers, N, cfg.n_heads), B)
     return out.mean(-1) if reduce == "mean" else out
-
-
-# ------------------------------------------------------------------------ metrics and runs
-
-
-def make_metric(name: str, data: PatchingData) -> Metric:
-    """The per-example metric ``name`` on the last readout position (nats / logits):
-
-    - "logit_diff": logit[answer] - logit[foil], the two tokens whose true probability the
-      corruption lowers / raises most (binary: the clean-favoured token minus the other);
-      0 for examples the corruption leaves unchanged under the true law;
-    - "logprob": log-probability of the true next token x_{N+1} (the label).
-    """
-    if name not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
-    if name == "logit_diff":
-        answer, foil, weight = data.answer, data.foil, data.informative.float()
-
-        def logit_diff(logits: Tensor) -> Tensor:
-            last = logits[..., -1, :]
-            idx = torch.stack([answer, foil], -1).to(last.device)
-            picked = last.gather(-1, idx.expand(*last.shape[:-1], 2))
-            return (picked[..., 0] - picked[..., 1]) * weight.to(last.device)
-
-        return logit_diff
-    labels = data.labels
-
-    def logprob(logits: Tensor) -> Tensor:
-        last = logits[..., -1, :].log_softmax(-1)
-        idx = labels.to(last.device).expand(last.shape[:-1])
-        return last.gather(-1, idx[..., None])[..., 0]
-
-    return logprob
-
-
-def normalise(raw: Tensor, clean: float, corrupt: float) -> Tensor:
-    """(M - M_corrupt) / (M_clean - M_corrupt); nan where clean == corrupt (nothing to
-    recover: the model does not react to the corruption)."""
-    gap = clean - corrupt
-    if abs(gap) < 1e-12:
-        return torch.full_like(raw, float("nan"))
-    return (raw - corrupt) / gap
-
-
-@dataclass
-class PatchingResult:
-    """Batch-mean patching sweeps of one corruption, direction and metric.
-
-    raw[act]: the metric after each patch (layout ``result_axes(act)``); clean / corrupt: the
-    unpatched metric on each batch; true_clean / true_corrupt: a perfect predictor's.
-    """
-
-    corruption: str
-    direction: str
-    metric: str
-    clean: float
-    corrupt: float
-    true_clean: float
-    true_corrupt: float
-    position: int
-    raw: dict[str, Tensor] = field(default_factory=dict)
-
-    def normalised(self, act: str) -> Tensor:
-        return normalise(self.raw[act], self.clean, self.corrupt)
-
-    @property
-    def effect(self) -> float:
-        """M_clean - M_corrupt: how much the model reacts to the corruption."""
-        return self.clean - self.corrupt
-
-    @property
-    def true_effect(self) -> float:
-        return self.true_clean - self.true_corrupt
-
-    def to_dict(self) -> dict:
-        return {
-            "corruption": self.corruption,
-            "direction": self.direction,
-            "metric": self.metric,
-            "position": self.position,
-            "clean": self.clean,
-            "corrupt": self.corrupt,
-            "true_clean": self.true_clean,
-            "true_corrupt": self.true_corrupt,
-            "raw": {a: v.tolist() for a, v in self.raw.items()},
-            "normalised": {a: self.normalised(a).tolist() for a in self.raw},
-            "axes": {a: list(result_axes(a)) for a in self.raw},
-        }
-
-
-@torch.no_grad()
-def run_patching(
-    model: MarkovTransformer,
-    data: PatchingData,
-    acts: Sequence[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
-    direction: str = "denoise",
-    metric: str = "logit_diff",
-    budget: int = DEFAULT_BUDGET,
-    runs: PatchingRuns | None = None,
-) -> PatchingResult:
-    """Patch every (layer, position[, head]) of each activation kind in ``acts``.
-
-    direction "denoise": clean activations into the corrupted run (sufficiency);
-    "noise": corrupted activations into the clean run (necessity).
-    runs: ``cache_runs(model, data)`` (every hook) if already computed, e.g. shared between
-    both directions; None: both batches are run here.
-    """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    for act in acts:
-        _check_act(model, act)
-    dev = model.W_E.device
-    data = data.to(dev)
-    fn = make_metric(metric, data)
-    if runs is None:
-        runs = cache_runs(model, data)
-    (clean_logits, clean_cache), (corrupt_logits, corrupt_cache) = runs.clean, runs.corrupt
-    m_clean = float(fn(clean_logits[:, -1:]).mean())
-    m_corrupt = float(fn(corrupt_logits[:, -1:]).mean())
-    if metric == "logit_diff":
-        true_clean, true_corrupt = data.true_logit_diff()
-    else:
-        true_clean, true_corrupt = data.true_logprob()
-    if direction == "denoise":
-        target, target_run, source = data.corrupt, runs.corrupt, clean_cache
-    else:
-        target, target_run, source = data.clean, runs.clean, corrupt_cache
-    raw = {
-        act: patch_sweep(model, target, source, act, fn, budget=budget, target_run=target_run).cpu()
-        for act in acts
-    }
-    return PatchingResult(
-        corruption=data.corruption,
-        direction=direction,
-        metric=metric,
-        clean=m_clean,
-        corrupt=m_corrupt,
-        true_clean=true_clean,
-        true_corrupt=true_corrupt,
-        position=data.position,
-        raw=raw,
-    )
-
-
-@torch.no_grad()
-def ablation_source(
-    model: MarkovTransformer,
-    batch: int,
-    reference_tokens: Int[Tensor, "ref pos"],
-    mode: str,
-    generator: torch.Generator | None = None,
-    reference_cache: dict[str, Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Source activations for ablating a batch of ``batch`` sequences (docs/theory.md section 5):
-    "mean": every activation's mean over ``reference_tokens`` at the same position;
-    "resample": the activations of a reference sequence drawn at random (with ``generator``)
-    for each example. Pass the result to ``patch_sweep`` as ``source`` (one patch at a time),
-    or to ``ablation_hooks`` (whole activations, several at once). reference_cache: the cache
-    of ``cache_run(model, reference_tokens)`` (or the part of one to ablate) if already
-    computed (e.g. for both modes); the result has its hooks."""
-    if mode not in ABLATIONS:
-        raise ValueError(f"ablation mode must be one of {ABLATIONS}, got {mode!r}")
-    tokens = model.check_tokens(reference_tokens).to(model.W_E.device)
-    cache = cache_run(model, tokens)[1] if reference_cache is None else reference_cache
-    if mode == "mean":
-        return {k: v.mean(0, keepdim=True).expand(batch, *v.shape[1:]) for k, v in cache.items()}
-    pick = torch.randint(0, tokens.shape[0], (batch,), generator=generator)
-    return {k: v[pick.to(v.device)] for k, v in cache.items()}
-
-
-def ablation_hooks(
-    source: dict[str, Tensor], names: Collection[str]
-) -> list[tuple[str, Callable[[Tensor, object], Tensor]]]:
-    """Forward hooks ablating every activation in ``names`` whole and all at once: each is
-    replaced, at every position (and head), by its ``source`` value (``ablation_source`` for a
-    batch of the size the hooked model runs). ``patch_sweep`` / ``run_ablation`` ablate one
-    (layer, position[, head]) or one layer at a time instead."""
-    _check_cached(source, names, "source")
-
-    def replace(x: Tensor, hook) -> Tensor:
-        value = source[hook.name]
-        if value.shape != x.shape:
-            raise ValueError(
-                f"ablation source {hook.name!r} has shape {tuple(value.shape)}, the run's "
-                f"activation {tuple(x.shape)} (ablation_source for this batch size needed)"
-            )
-        return value
-
-    return [(name, replace) for name in names]
-
-
-@torch.no_grad()
-def run_ablation(
-    model: MarkovTransformer,
-    data: PatchingData,
-    reference_tokens: Int[Tensor, "ref pos"],
-    mode: str,
-    acts: Sequence[str] = ("attn_out", "mlp_out", "z"),
-    generator: torch.Generator | None = None,
-    budget: int = DEFAULT_BUDGET,
-    runs: PatchingRuns | None = None,
-    reference_cache: dict[str, Tensor] | None = None,
-) -> dict:
-    """Mean or resample ablation of each (layer, position[, head]) in the clean run: the
-    increase of the next-token loss, -log p(x_{N+1}) (nats), per patch (layout as
-    ``result_axes``); and with ``_all`` suffixes the whole layer / head at every position.
-    runs / reference_cache: ``cache_runs(model, data)`` (every hook; its clean run is the
-    target) and the cache of ``cache_run(model, reference_tokens)``, if already computed."""
-    dev = model.W_E.device
-    data = data.to(dev)
-    fn = make_metric("logprob", data)
-    logits = model(data.clean)
-    base = float(fn(logits[:, -1:]).mean())
-    source = ablation_source(
-        model, data.clean.shape[0], reference_tokens, mode, generator, reference_cache
-    )
-    target_run = None if runs is None else runs.clean
-    out: dict = {"mode": mode, "clean_logprob": base, "loss_increase": {}}
-    for act in acts:
-        _check_act(model, act)
-        for by_pos in (True, False):
-            grid = patch_sweep(
-                model,
-                data.clean,
-                source,
-                act,
-                fn,
-                by_pos=by_pos,
-                budget=budget,
-                target_run=target_run,
-            )
-            key = act if by_pos else f"{act}_all"
-            out["loss_increase"][key] = (base - grid).cpu()
-    return out
-
-
-def direct_path_hooks(cfg: ModelConfig) -> set[str]:
-    """The hooks ``direct_path_effects`` reads: the embedding, every layer's z and mlp_out
-    (none in attention-only models), and the final residual stream."""
-    needed = {"hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post"}
-    for layer in range(cfg.n_layers):
-        needed.add(f"blocks.{layer}.attn.hook_z")
-        if not cfg.attn_only:
-            needed.add(f"blocks.{layer}.hook_mlp_out")
-    return needed
-
-
-@torch.no_grad()
-def direct_path_effects(
-    model: MarkovTransformer,
-    data: PatchingData,
-    metric: str = "logit_diff",
-    direction: str = "noise",
-    runs: PatchingRuns | None = None,
-) -> dict:
-    """Where the corruption's effect enters the logits at the readout (last position).
-
-    The final residual stream there is embed + pos_embed + sum_l attn_out_l + sum_l mlp_out_l.
-    For each component X (the token embedding = the direct path, each head's z W_O, each MLP)
-    and direction "noise", the clean final residual gets X's corrupted value instead of its
-    clean one and the logits are recomputed through ln_final and the unembedding (everything
-    else clean): effect E_X = M_clean - M_patched. "denoise": the corrupted final residual gets
-    X's clean value, E_X = M_patched - M_corrupt. share_X = E_X / (M_clean - M_corrupt). The
-    shares of all components add up to 1 up to the final LayerNorm / softmax non-linearity,
-    reported as ``additivity_gap`` = sum_X share_X - 1.
-
-    runs: ``cache_runs(model, data, direct_path_hooks(model.cfg))`` if already computed (e.g.
-    shared between both directions; caches with more hooks do too, but every hook takes the
-    explicit attention branch, equal up to float rounding); None: both batches are run here.
-    """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    dev = model.W_E.device
-    data = data.to(dev)
-    fn = make_metric(metric, data)
-    cfg = model.cfg
-    needed = direct_path_hooks(cfg)
-    if runs is None:  # caching only these keeps attention fused
-        runs = cache_runs(model, data, needed)
-    clean, corrupt = runs.clean[1], runs.corrupt[1]
-    _check_cached(clean, needed, "runs.clean")
-    _check_cached(corrupt, needed, "runs.corrupt")
-    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-
-    def at_readout(cache: dict, name: str) -> Tensor:
-        return cache[name][:, -1]
-
-    labels, diffs = ["embed"], [at_readout(source, "hook_embed") - at_readout(base, "hook_embed")]
-    for layer in range(cfg.n_layers):
-        W_O = model.blocks[layer].attn.W_O
-        z_name = f"blocks.{layer}.attn.hook_z"
-        dz = at_readout(source, z_name) - at_readout(base, z_name)  # [B, H, dh]
-        head_diff = torch.einsum("bhe,hed->hbd", dz, W_O)
-        for head in range(cfg.n_heads):
-            labels.append(f"L{layer}H{head}")
-            diffs.append(head_diff[head])
-        if not cfg.attn_only:
-            name = f"blocks.{layer}.hook_mlp_out"
-            labels.append(f"L{layer}.mlp_out")
-            diffs.append(at_readout(source, name) - at_readout(base, name))
-    resid = at_readout(base, last)  # [B, d]
-    patched = resid[None] + torch.stack(diffs)  # [K, B, d]
-    logits = model.unembed(model.ln_final(patched))[:, :, None]  # [K, B, 1, V]
-    m_clean = float(fn(model.unembed(model.ln_final(at_readout(clean, last)))[:, None]).mean())
-    m_corrupt = float(fn(model.unembed(model.ln_final(at_readout(corrupt, last)))[:, None]).mean())
-    m_patched = fn(logits).mean(-1)
-    effects = (m_clean - m_patched if direction == "noise" else m_patched - m_corrupt).tolist()
-    total = m_clean - m_corrupt
-    effect_of = dict(zip(labels, effects, strict=True))
-    groups = {"direct": 0.0, "attention": 0.0, "mlp": 0.0}
-    for label, e in effect_of.items():
-        key = (
-            "direct" if label == "embed" else ("mlp" if label.endswith("mlp_out") else "attention")
-        )
-        groups[key] += e
-    defined = abs(total) > 1e-9
-    shares = {k: (v / total if defined else float("nan")) for k, v in groups.items()}
-    return {
-        "metric": metric,
-        "direction": direction,
-        "clean": m_clean,
-        "corrupt": m_corrupt,
-        "total_effect": total,
-        "effects": effect_of,
-        "group_effects": groups,
-        "shares": shares,
-        "additivity_gap": (sum(shares.values()) - 1.0) if defined else float("nan"),
-    }

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import one_thread
 
 import markov_lens as ml
 from interp.atlas import AtlasConfig, measure_model
 from interp.atlas.labels import atlas_label
 from markov_lens.zoo import NAMES, ROOT
 from markov_lens.zoo.build import build
+from tests.tiny_runs import one_thread
 
 FAST = AtlasConfig(n_seqs=32, probes=False, timeline=False)
 

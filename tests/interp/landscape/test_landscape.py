@@ -35,6 +35,7 @@ from interp.landscape import (
     theta_pi_model,
 )
 from markov_lens.cli import main
+from tests.tiny_runs import one_thread
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.recipe import TrainConfig
@@ -84,15 +85,12 @@ def test_theta_pi_loss_and_gradient_on_a_finite_sample(tie):
 
 @pytest.fixture(scope="module")
 def verdicts():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     cfg = LandscapeConfig(n_sequences=256, method="exact", n_groups=8, noise_draws=2)
-    out = {
-        (tie, p, q): theta_pi_analysis(BinaryChain(p, q), tiny(tie), cfg, device="cpu")
-        for tie, p, q in [(True, 0.5, 0.8), (True, 0.2, 0.3), (False, 0.5, 0.8)]
-    }
-    torch.set_num_threads(old)
-    return out
+    with one_thread():
+        return {
+            (tie, p, q): theta_pi_analysis(BinaryChain(p, q), tiny(tie), cfg, device="cpu")
+            for tie, p, q in [(True, 0.5, 0.8), (True, 0.2, 0.3), (False, 0.5, 0.8)]
+        }
 
 
 def test_tied_p_plus_q_below_1_is_a_saddle_in_the_embedding(verdicts):

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny_runs import CHAIN, SEQ_LEN, one_thread
 
 from interp.compare import (
     ComparisonConfig,
@@ -20,6 +19,7 @@ from interp.compare import (
     parameter_distances,
 )
 from markov_lens.cli import main
+from tests.tiny_runs import CHAIN, SEQ_LEN
 from training.chains import BinaryChain, KthOrderChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
@@ -34,10 +34,7 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

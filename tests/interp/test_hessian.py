@@ -21,6 +21,7 @@ from interp.hessian import (
     spectral_norm,
 )
 from interp.reduced_model import ReducedModel
+from tests.tiny_runs import one_thread
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
@@ -175,10 +176,8 @@ def small_problem():
     tokens = BinaryChain(0.3, 0.6).sample(48, 6, generator=torch.Generator().manual_seed(1))
     layout = ParamLayout.from_model(model)
     theta = layout.flatten(model)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    H = exact_hessian(mean_loss_fn(model, layout, tokens), theta)
-    torch.set_num_threads(old)
+    with one_thread():
+        H = exact_hessian(mean_loss_fn(model, layout, tokens), theta)
     return model, tokens, layout, theta, H
 
 

@@ -21,14 +21,7 @@ from interp.attention import (
 from training.config import ModelConfig
 from training.model import MarkovTransformer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread (and much faster on a loaded shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def previous_token_pattern(n: int) -> torch.Tensor:

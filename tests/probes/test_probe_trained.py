@@ -8,11 +8,10 @@ makes thread contention expensive)."""
 import math
 
 import pytest
-import torch
-from figures import assert_drawn
 
 from markov_lens.cli import main
 from probes.sweeps import ProbeConfig, first_decodable_step, probe_model, probe_run, read_csv
+from tests.figures import assert_drawn
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.inits import init_theta_pi
@@ -38,16 +37,11 @@ COMPONENTS = ["embed", "resid_pre.0", "attn_out.0", "mlp_post.0", "resid_final",
 TARGETS = ["x_n", "x_n-1", "next_prob", "position", "model_prob"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, one_thread):
+def run_dir(tmp_path_factory, one_thread_module):
     out = tmp_path_factory.mktemp("probe_runs") / "kernel"
     result = train(CFG, CHAIN, TRAIN, seed=0, out_dir=out, progress=False)
     assert result["verdict"] == "bigram"  # it learnt the kernel
@@ -136,7 +130,7 @@ def test_random_model_baseline(tables):
         assert t[comp, "next_prob"]["score"] > t[comp, "next_prob"]["random_score"]
 
 
-def test_probe_over_checkpoints(run_dir, one_thread):
+def test_probe_over_checkpoints(run_dir):
     config = ProbeConfig(
         n_seqs=64, n_positions=16, components=["resid_final", "ln_final"],
         targets=["x_n", "next_prob"], device="cpu",
@@ -153,7 +147,7 @@ def test_probe_over_checkpoints(run_dir, one_thread):
     assert len(rnd) == 1
 
 
-def test_cli_over_checkpoints(run_dir, tmp_path, capsys, one_thread):
+def test_cli_over_checkpoints(run_dir, tmp_path, capsys):
     out = tmp_path / "probes"
     argv = ["probe", str(run_dir), "--checkpoints", "0,150", "--n-seqs", "48", "--positions", "8",
             "--targets", "x_n", "next_prob", "--components", "embed,ln_final", "--out", str(out),

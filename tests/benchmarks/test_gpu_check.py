@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/benchmarks/this file
 
 
 def test_gpu_check_figures_on_cpu(tmp_path):
@@ -30,3 +31,5 @@ def test_gpu_check_script_is_valid_bash():
     script = ROOT / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert os.access(script, os.X_OK)
+    named = re.findall(r"tests/[\w/]+\.py", script.read_text())  # the tests it runs on CUDA
+    assert named and all((ROOT / name).is_file() for name in named), named
