@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent / "trained"
+ROOT = Path(__file__).resolve().parent / "trained-runs"
 NAMES = (
     "tied-p0.5-q0.8",
     "untied-p0.5-q0.8",

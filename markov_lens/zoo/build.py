@@ -1,4 +1,4 @@
-"""Regenerate the zoo's runs (markov_lens/zoo/trained/): ``python -m markov_lens.zoo.build``.
+"""Regenerate the zoo's runs (markov_lens/zoo/trained-runs/): ``python -m markov_lens.zoo.build``.
 
 Every run is seeded and trained on one CPU thread, so the same files come out; each keeps
 only its last checkpoint (checkpoints_per_octave 0) to stay small.

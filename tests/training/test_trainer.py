@@ -349,9 +349,10 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
 
     rc = build_run_config(cfg)
     ref = train(rc.model, rc.chain, rc.train, seed=rc.seed, progress=False)
-    done = train(
-        rc.model, rc.chain, rc.train, seed=rc.seed, out_dir=run_dir, resume=True, progress=False
-    )
+    with pytest.warns(UserWarning, match=r"took over a stale lock: its holder PID \d+"):
+        done = train(
+            rc.model, rc.chain, rc.train, seed=rc.seed, out_dir=run_dir, resume=True, progress=False
+        )
     assert done["status"] == "finished"
     assert same_weights(ref.model, done.model)
     assert same_weights(load_run(run_dir).model(device="cpu"), ref.model)
