@@ -26,7 +26,7 @@ TINY = {
 MEASURED = {
     "tying": "10 seeds per cell (40 runs): 4 min",
     "depth": "5 seeds per depth (20 runs): 4 min",
-    "second-order": "5 seeds per cell (45 runs): about 50 min (3 seeds: 28 min)",
+    "second-order": "5 seeds per cell (45 runs): 56 min",
     "phase-diagram": "10 seeds per cell (400 runs): 46 min",
 }
 
