@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -166,21 +167,32 @@ def hessian_report(
     # Sampling error of H: sum_i (eps_i - mean eps) / n * H_i for random signs eps (own
     # generator, so that the estimate does not depend on the method).
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    norms, noises = [], []
+    norms, weights = [], []
     for _ in range(cfg.noise_draws):
         eps = torch.randint(0, 2, (n,), generator=gen).to(theta) * 2 - 1
-        noise = HessianOperator(work, layout, theta, tokens, (eps - eps.mean()) / n)
+        weights.append((eps - eps.mean()) / n)
+        noise = HessianOperator(work, layout, theta, tokens, weights[-1])
         norms.append(
             spectral_norm(noise.matvec, P, cfg.noise_iters, generator=gen, device=theta.device)
         )
-        noises.append(noise)
+        n_hvp += noise.n_matvecs
+        del noise  # its graph spans the whole sample: free it before the next draw's
     lam_min, lam_max = float(ev[0]), float(ev[-1])
     noise_norm = float(sum(norms) / len(norms))
     tol = cfg.flat_factor * noise_norm
+
+    def same_draws() -> Iterator[HessianOperator]:
+        """The noise operators of the draws above, rebuilt one at a time (each holds a graph
+        over the whole sample, so they are not kept between the two uses)."""
+        nonlocal n_hvp
+        for w in weights:
+            noise = HessianOperator(work, layout, theta, tokens, w)
+            yield noise
+            n_hvp += noise.n_matvecs
+
     band, band_detail = tol, None
     if method == "exact":
-        band, band_detail = flat_cluster_band(ev, V, noises, tol, cfg, gen)
-    n_hvp += sum(noise.n_matvecs for noise in noises)
+        band, band_detail = flat_cluster_band(ev, V, same_draws(), tol, cfg, gen)
     # Out-of-sample curvature along each half's k lowest (highest) eigenvectors, scored on
     # the other half; k candidates per side, so the threshold is Bonferroni-corrected.
     z = NormalDist().inv_cdf(1 - NormalDist().cdf(-cfg.k_sigma) / k)
@@ -253,7 +265,7 @@ def hessian_report(
 def flat_cluster_band(
     ev: Float[Tensor, " P"],
     V: Float[Tensor, "P P"],
-    noises: list[HessianOperator],
+    noises: Iterable[HessianOperator],
     tol: float,
     cfg: LandscapeConfig,
     generator: torch.Generator,
