@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from training.machine import vector_isa
+
 
 @dataclass
 class Comparison:
@@ -52,14 +54,15 @@ class Comparison:
 
 
 def machine_line(device: torch.device) -> str:
-    """The machine, torch threads and the load average (1, 5, 15 min)."""
+    """The machine (CPU model and its widest vector ISA), torch threads and the load average
+    (1, 5, 15 min)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    where = f"{os.cpu_count()}-core {cpu}"
+    where = f"{os.cpu_count()}-core {cpu} ({vector_isa()})"
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} (host: {where})"
     load = "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"

@@ -11,6 +11,7 @@ from typing import Any
 MODES = ("full", "quick", "tiny")
 SECTIONS = (
     "step",
+    "auto",
     "window",
     "ensemble",
     "sampler",
@@ -32,6 +33,7 @@ STARTUP_TARGET = 1.5
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {
         "step": {"batch": 16, "seq_len": 1024, "repeats": 7},
+        "auto": {"batch": 16, "seq_lens": [128, 256, 512, 1024, 2048], "repeats": 5},
         "window": {
             "batch": 16,
             "seq_lens": [512, 1024, 2048],
@@ -52,6 +54,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "step": {"batch": 16, "seq_len": 1024, "repeats": 5},
+        "auto": {"batch": 16, "seq_lens": [128, 256, 512, 1024, 2048], "repeats": 3},
         "window": {
             "batch": 16,
             "seq_lens": [512, 1024],
@@ -72,6 +75,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         "step": {"batch": 2, "seq_len": 64, "repeats": 1},
+        "auto": {"batch": 2, "seq_lens": [32, 64], "repeats": 1},
         "window": {"batch": 2, "seq_lens": [32, 64], "windows": [2, 8, 32, None], "repeats": 1},
         "matmul": {"size": 128, "repeats": 2},
         "ensemble": {"members": 4, "seq_lens": [16, 32], "iters": 3},

@@ -23,7 +23,7 @@ from benchmarks.measure import Comparison, format_ms, interleaved_best, load_ave
 from benchmarks.settings import CHAINS, STEP_BACKENDS
 from training.chains import BinaryChain
 from training.config import ModelConfig
-from training.fused_attention import kernel_status
+from training.fused_attention import choose, kernel_status
 from training.model import MarkovTransformer, per_token_loss
 from training.recipe import TrainConfig
 from training.trainer import derive_seed, make_generator, make_optimizer
@@ -112,7 +112,7 @@ def backend_labels(device: torch.device, precision: str = "fp32") -> dict[str, s
     elif precision != "fp32":
         auto = f"auto (explicit: {precision} on a CPU)"
     elif kernel_status() == "loaded":
-        auto = "fused kernel"
+        auto = "auto (measured: kernel or SDPA)"
     else:
         auto = "auto (no kernel: SDPA)"
     return {"auto": auto, "torch": "SDPA", "explicit": "explicit"}
@@ -238,3 +238,32 @@ def format_window_table(rows: list[dict[str, Any]]) -> str:
         cells = [str(r["seq_len"]), window, format_ms(r["step_ms"]), vs, format_ms(r["bound_ms"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def auto_rows(
+    batch: int, seq_lens: list[int], repeats: int, device: torch.device, precision: str = "fp32"
+) -> list[dict[str, Any]]:
+    """The paper step with backend "auto" against the same model with SDPA ("torch") at each
+    length, timed in turn (interleaved_best), with what auto chose and why
+    (training.fused_attention.choose). Each row: seq_len, auto_ms, torch_ms, ratio (torch /
+    auto: >= 1 means auto is not slower), choice, why."""
+    rows = []
+    for seq_len in seq_lens:
+        mc = ModelConfig.paper(n_ctx=seq_len)
+        fns = [paper_update(mc, batch, b, device, precision) for b in ("auto", "torch")]
+        t_auto, t_torch = interleaved_best(fns, repeats, device)
+        if device.type == "cpu" and precision == "fp32":
+            choice, why = choose(seq_len, mc.d_head, None, True)
+        else:
+            choice, why = "torch", f"torch: the kernel is for {precision} on a CPU only"
+        rows.append(
+            {
+                "seq_len": seq_len,
+                "auto_ms": 1e3 * t_auto,
+                "torch_ms": 1e3 * t_torch,
+                "ratio": t_torch / t_auto,
+                "choice": choice,
+                "why": why,
+            }
+        )
+    return rows

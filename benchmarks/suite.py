@@ -16,6 +16,7 @@ from benchmarks.reproductions import compare_reproduction
 from benchmarks.settings import MODES, SECTIONS, SETTINGS, STARTUP_TARGET, STEP_BACKENDS
 from benchmarks.startup import compare_startup
 from benchmarks.step import (
+    auto_rows,
     compare_step,
     format_window_table,
     matmul_gflops,
@@ -23,7 +24,7 @@ from benchmarks.step import (
     window_rows,
 )
 from training.config import ModelConfig
-from training.fused_attention import kernel_status
+from training.fused_attention import kernel_info, kernel_status
 from training.recipe import TrainConfig
 from training.trainer import resolve_device
 
@@ -112,6 +113,11 @@ def run_benchmarks(
             f"matmul rate: {gflops:.1f} GFLOP/s (fp32 torch.mm {mm['size']}x{mm['size']}, best "
             f"of {mm['repeats']}, {torch.get_num_threads()} threads); attention kernel: "
             + (kernel_status() if dev.type == "cpu" else f"not used on {dev.type}")
+            + (
+                f", {kernel_info()['build']}"
+                if dev.type == "cpu" and kernel_info()["build"]
+                else ""
+            )
         )
     if "step" in sections:
         s = settings["step"]
@@ -133,6 +139,22 @@ def run_benchmarks(
             f" (12 d_head S); load average {info['load_average'][0]:.2f} -> "
             f"{info['load_average'][1]:.2f}"
         )
+    if "auto" in sections:
+        s = settings["auto"]
+        rows = auto_rows(s["batch"], s["seq_lens"], s["repeats"], dev, precision)
+        out["tables"]["auto"] = rows
+        for r in rows:
+            report(
+                Comparison(
+                    f"auto vs SDPA (paper step, batch {s['batch']} x {r['seq_len']})",
+                    f"auto ({r['choice']})",
+                    "SDPA",
+                    r["auto_ms"] / 1e3,
+                    r["torch_ms"] / 1e3,
+                    r,
+                )
+            )
+            emit(f"  {r['why']}")
     if "window" in sections:
         s = settings["window"]
         rows = window_rows(

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from training.model import MarkovTransformer
+from training.runs import write_text_atomic
 
 TOKEN_LABEL_MAX = 32  # label the axes with token values up to this sequence length
 
@@ -106,14 +107,22 @@ def plot_patterns(
 ) -> Figure:
     """Heatmap grid, one panel per (layer, head) (rows: layers, columns: heads). Pass one
     sequence's patterns (``patterns[:, b]``) or a batch mean (``patterns.mean(1)``); with
-    ``tokens`` and at most 32 positions the axes show the token values."""
+    ``tokens`` and at most 32 positions the axes show the token values. Colour: log2 of the
+    weight relative to uniform attention 1/(q+1) over the q+1 visible keys, on a diverging
+    scale centred on 0 (white = uniform), so that near-uniform attention and its departures
+    show (a linear 0-1 scale draws a long sequence's weights, about 1/n, uniformly dark)."""
     if patterns.ndim != 4:
         raise ValueError(
             f"patterns must be [layer, head, query, key], got shape {tuple(patterns.shape)}"
         )
     n_layers, n_heads, n, _ = patterns.shape
-    data = patterns.detach().float().cpu().numpy()
+    data = patterns.detach().double().cpu().numpy()
     mask = np.triu(np.ones((n, n), dtype=bool), k=1)
+    visible = np.arange(1, n + 1, dtype=float)[:, None]  # keys 0..q seen by query q
+    with np.errstate(divide="ignore"):
+        rel = np.log2(np.clip(data * visible, 1e-12, None))
+    bound = float(np.abs(np.where(mask, 0.0, rel)).max())
+    bound = max(bound, 0.05)  # a perfectly uniform pattern: a white field and a legible scale
     fig, axes = plt.subplots(
         n_layers,
         n_heads,
@@ -128,8 +137,10 @@ def plot_patterns(
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer, head]
-            shown = np.ma.masked_array(data[layer, head], mask=mask)
-            image = ax.imshow(shown, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+            shown = np.ma.masked_array(rel[layer, head], mask=mask)
+            image = ax.imshow(
+                shown, vmin=-bound, vmax=bound, cmap="RdBu_r", interpolation="nearest"
+            )
             ax.set_title(f"L{layer}H{head}", fontsize=9)
             if labels is not None:
                 ax.set_xticks(range(n), labels, fontsize=6)
@@ -138,7 +149,9 @@ def plot_patterns(
                 ax.set_xlabel("key position (token)" if labels else "key position")
             if head == 0:
                 ax.set_ylabel("query position (token)" if labels else "query position")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.colorbar(
+        image, ax=axes, shrink=0.8, label="log2(attention x (q+1)): 0 = uniform, 1 = twice"
+    )
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -239,5 +252,5 @@ def write_attention_html(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True / --force)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(attention_html(patterns, tokens, title), encoding="utf-8")
+    write_text_atomic(path, attention_html(patterns, tokens, title))
     return path

@@ -67,23 +67,36 @@ class PatchingData:
         """Examples whose true next-token law the corruption changes."""
         return (self.clean_probs - self.corrupt_probs).abs().amax(-1) > NO_CHANGE_TOL
 
+    @property
+    def changed(self) -> Bool[Tensor, " batch"]:
+        """Pairs whose corrupted input differs from the clean one ("resample" keeps the token
+        of about P(x_n | past) of them: those pairs carry no information)."""
+        return (self.clean != self.corrupt).any(-1)
+
+    def true_metric(self, metric: str) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+        """A perfect predictor's per-example metric under the clean and the corrupted law:
+        "logit_diff" log P(answer) - log P(foil) (0 for uninformative examples), "logprob"
+        log P(label) (nats)."""
+        out = []
+        for probs in (self.clean_probs, self.corrupt_probs):
+            lp = probs.clamp_min(1e-300).log()
+            if metric == "logit_diff":
+                picked = lp.gather(-1, torch.stack([self.answer, self.foil], -1))
+                out.append((picked[:, 0] - picked[:, 1]) * self.informative.to(lp.dtype))
+            else:
+                out.append(lp.gather(-1, self.labels[:, None])[:, 0])
+        return out[0], out[1]
+
     def true_logit_diff(self) -> tuple[float, float]:
         """Batch means of log P(answer) - log P(foil) under the clean and the corrupted law
         (0 for uninformative examples): the logit-diff metric of a perfect predictor."""
-        idx = torch.stack([self.answer, self.foil], -1)
-        w = self.informative.to(torch.float64)
-        out = []
-        for probs in (self.clean_probs, self.corrupt_probs):
-            lp = probs.clamp_min(1e-300).log().gather(-1, idx)
-            out.append(float(((lp[:, 0] - lp[:, 1]) * w).mean()))
-        return out[0], out[1]
+        clean, corrupt = self.true_metric("logit_diff")
+        return float(clean.mean()), float(corrupt.mean())
 
     def true_logprob(self) -> tuple[float, float]:
         """Batch means of log P(label) under the clean and the corrupted law (nats)."""
-        out = []
-        for probs in (self.clean_probs, self.corrupt_probs):
-            out.append(float(probs.clamp_min(1e-300).log().gather(-1, self.labels[:, None]).mean()))
-        return out[0], out[1]
+        clean, corrupt = self.true_metric("logprob")
+        return float(clean.mean()), float(corrupt.mean())
 
     def to(self, device) -> PatchingData:
         return PatchingData(

@@ -12,9 +12,13 @@ MLP, the direct path, or nowhere (a unigram solution)?
 - mean and resample ablation of attn_out, mlp_out and each head (at x_n and everywhere).
 
 Mechanistic verdict (metric: logit difference, corruption: flip x_n), ratio rho = model effect /
-true effect: "bigram" if rho >= 0.5 (the output follows x_n), "unigram" if |rho| <= 0.1 (it
-ignores x_n: the marginal solution), "partial" in between, "undetermined" when the true law does
-not depend on x_n (|true effect| < 1e-3, e.g. p + q = 1).
+true effect, with its 95% interval rho +- 1.96 se (delta method over the pairs,
+``interp.measurement.ratio_interval``): "bigram" if the interval is >= 0.5 (the output follows
+x_n), "unigram" if it lies within [-0.1, 0.1] (it ignores x_n: the marginal solution),
+"partial" if it lies within [0.1, 0.5] or below -0.1, "undecided" when it reaches across a
+threshold, "undetermined" when the true law does not depend on x_n (|true effect| < 1e-3,
+e.g. p + q = 1). The sample is ``interp.measurement.MeasurementSpec``'s flip sample (64
+sequences of the training length capped at 128, seed 0), the one ``report`` uses too.
 
 ``explain_run(RUN_DIR)`` / ``markov-lens explain RUN_DIR`` write report.md, explain.json and PNGs.
 """
@@ -39,6 +43,7 @@ from interp.attention import (
 from interp.attribution import logit_attribution
 from interp.corruptions import CORRUPTIONS, make_patching_data
 from interp.heads import head_scores
+from interp.measurement import MeasurementSpec, Sample, classify_interval
 from interp.patching import (
     DEFAULT_BUDGET,
     METRICS,
@@ -52,7 +57,7 @@ from interp.patching.plots import plot_direct_paths, plot_patching_result
 from training.chains import InContextChain, MarkovChain
 from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer
-from training.runs import load_run, step_dir_name
+from training.runs import load_run, savefig_atomic, step_dir_name, write_text_atomic
 
 BIGRAM_RATIO = 0.5
 UNIGRAM_RATIO = 0.1
@@ -60,19 +65,21 @@ TRUE_EFFECT_MIN = 1e-3
 PATCH_ACTS = ("resid_pre", "attn_out", "mlp_out", "z")
 ABLATE_ACTS = ("attn_out", "mlp_out", "z")
 METRIC_WORDS = {"logit_diff": "logit difference", "logprob": "log-probability of x_{N+1}"}
-MAX_DEFAULT_LEN = 128  # default sequence length cap (patching sweeps every position)
+SPEC = MeasurementSpec()
+Z_INTERVAL = SPEC.z_interval
 
 
 @dataclass
 class ExplainConfig(JsonConfig):
-    """What ``explain_model`` samples and measures. seq_len None: the run's training length
-    capped at 128 and n_ctx. corruptions None: flip and resample (+ kernel_swap in-context)."""
+    """What ``explain_model`` samples and measures; the defaults are MeasurementSpec's flip
+    sample. seq_len None: the run's training length capped at 128 and n_ctx. corruptions
+    None: flip and resample (+ kernel_swap in-context)."""
 
     config_name = "explain config"
 
-    n_seqs: int = 64
+    n_seqs: int = SPEC.flip_seqs
     seq_len: int | None = None
-    seed: int = 0
+    seed: int = SPEC.seed
     metric: str = "logit_diff"
     corruptions: list[str] | None = None
     budget: int = DEFAULT_BUDGET
@@ -97,26 +104,33 @@ def default_corruptions(chain: MarkovChain) -> list[str]:
 
 
 def resolve_seq_len(model: MarkovTransformer, seq_len: int | None, train_len: int | None) -> int:
-    """The sequence length to analyse: ``seq_len`` if given (checked against n_ctx), else the
-    training length capped at 128 and n_ctx."""
+    """The sequence length to analyse: ``seq_len`` if given (checked against n_ctx), else
+    MeasurementSpec's flip sample length (the training length capped at 128 and n_ctx)."""
     n_ctx = model.cfg.n_ctx
     if seq_len is None:
-        return min(train_len or n_ctx, n_ctx, MAX_DEFAULT_LEN)
+        return SPEC.flip_sample(train_len, n_ctx).seq_len
     if seq_len > n_ctx:
         raise ValueError(f"seq_len {seq_len} is longer than the model's n_ctx={n_ctx}")
     return seq_len
 
 
-def mechanistic_verdict(effect: float, true_effect: float) -> tuple[str, float]:
-    """(verdict, rho) from the flip logit-diff effect of the model and of the true law."""
+VERDICT_BANDS = [
+    ("bigram", BIGRAM_RATIO, math.inf),
+    ("unigram", -UNIGRAM_RATIO, UNIGRAM_RATIO),
+    ("partial", UNIGRAM_RATIO, BIGRAM_RATIO),
+    ("partial", -math.inf, -UNIGRAM_RATIO),
+]
+
+
+def mechanistic_verdict(
+    effect: float, true_effect: float, ratio_se: float = float("nan"), z: float = Z_INTERVAL
+) -> tuple[str, float]:
+    """(verdict, rho) from the flip logit-diff effect of the model and of the true law; with
+    the ratio's standard error, "undecided" when rho +- z se reaches across a threshold."""
     if abs(true_effect) < TRUE_EFFECT_MIN:
         return "undetermined", float("nan")
     rho = effect / true_effect
-    if rho >= BIGRAM_RATIO:
-        return "bigram", rho
-    if abs(rho) <= UNIGRAM_RATIO:
-        return "unigram", rho
-    return "partial", rho
+    return classify_interval(rho, ratio_se, z, VERDICT_BANDS), rho
 
 
 @dataclass
@@ -194,6 +208,9 @@ def explain_model(
             "model_effect": res.effect,
             "true_effect": res.true_effect,
             "ratio": rho,
+            "ratio_se": res.ratio_se,
+            "n_pairs": res.n_pairs,
+            "n_changed": res.n_changed,
             "readout": _readout_table(patching[name], n),
         }
         # its own two runs with only the hooks it reads: the fused attention branch, as the
@@ -228,19 +245,26 @@ def explain_model(
                 }
 
     flip = corruption_results.get("flip")
+    rho_se = float("nan")
     if flip is not None:
-        verdict, rho = mechanistic_verdict(flip["model_effect"], flip["true_effect"])
+        rho_se = flip["ratio_se"]
+        verdict, rho = mechanistic_verdict(flip["model_effect"], flip["true_effect"], rho_se)
     else:
         verdict, rho = "undetermined", float("nan")
+    sample = Sample(config.n_seqs, n, config.seed)
     # which path carries the dependence (only meaningful when there is one)
     carrier = _carrier(direct.get("flip")) if verdict in ("bigram", "partial") else None
     summary = {
         "config": config.to_dict(),
         "seq_len": n,
+        "sample": sample.to_dict(),
+        "sample_text": sample.describe(),
         "chain": chain.to_dict(),
         "model": model.cfg.to_dict(),
         "verdict": verdict,
         "flip_ratio": rho,
+        "flip_ratio_se": rho_se,
+        "flip_ratio_interval": [rho - Z_INTERVAL * rho_se, rho + Z_INTERVAL * rho_se],
         "carrier": carrier,
         "corruptions": corruption_results,
         "direct_paths": direct,
@@ -252,6 +276,7 @@ def explain_model(
             "bigram_ratio": BIGRAM_RATIO,
             "unigram_ratio": UNIGRAM_RATIO,
             "true_effect_min": TRUE_EFFECT_MIN,
+            "z_interval": Z_INTERVAL,
         },
     }
     return Explanation(
@@ -344,14 +369,24 @@ def check_outputs(out_dir: Path, names: list[str], overwrite: bool) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        savefig_atomic(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     return f"{v:.{digits}f}"
+
+
+def _interval(estimate, se) -> str:
+    """ "0.91 [0.85, 0.97]" (95%), or the estimate alone without a finite se."""
+    if se is None or estimate is None or not (math.isfinite(se) and math.isfinite(estimate)):
+        return _fmt(estimate, 2)
+    half = Z_INTERVAL * se
+    return f"{_fmt(estimate, 2)} [{_fmt(estimate - half, 2)}, {_fmt(estimate + half, 2)}]"
 
 
 def write_report(
@@ -386,9 +421,9 @@ def write_report(
     record = finite_json(
         json.loads(json.dumps(expl.to_dict() | {"title": title}, default=_default))
     )
-    (out_dir / JSON_NAME).write_text(json.dumps(record, indent=2, allow_nan=False))
+    write_text_atomic(out_dir / JSON_NAME, json.dumps(record, indent=2, allow_nan=False))
     report = out_dir / REPORT
-    report.write_text(_markdown(s, title, corruptions))
+    write_text_atomic(report, _markdown(s, title, corruptions))
     return report
 
 
@@ -405,14 +440,21 @@ def _markdown(s: dict, title: str, corruptions: list[str]) -> str:
         f"Model: {model['n_layers']} layer(s), {model['n_heads']} head(s), d_model {model['d_model']}, "
         f"{'tied' if model['tie_embeddings'] else 'untied'} embeddings"
         f"{', attention only' if model['attn_only'] else ''}; chain: `{json.dumps(s['chain'])}`; "
-        f"{s['config']['n_seqs']} sequences of {s['seq_len']} tokens, seed {s['config']['seed']}.",
+        f"sample: {s['sample_text']}.",
         "",
         "## Verdict",
         "",
     ]
     verdict, rho = s["verdict"], s["flip_ratio"]
     flip = s["corruptions"].get("flip")
-    if verdict == "undetermined":
+    interval = _interval(rho, s["flip_ratio_se"])
+    if verdict == "undecided":
+        lines.append(
+            f"**undecided**: the flip ratio {interval} reaches across a threshold "
+            f"({UNIGRAM_RATIO} for unigram, {BIGRAM_RATIO} for bigram) on this sample "
+            f"({s['sample_text']}); use more sequences (--n-seqs)."
+        )
+    elif verdict == "undetermined":
         lines.append(
             "**undetermined**: the true next-token law does not depend on x_n here (or no flip "
             "corruption was run), so the flip test cannot separate a bigram from a unigram solution."
@@ -431,7 +473,7 @@ def _markdown(s: dict, title: str, corruptions: list[str]) -> str:
         lines.append(
             f"Flipping x_n changes the {METRIC_WORDS[s['config']['metric']]} by "
             f"{_fmt(flip['model_effect'])} "
-            f"(a perfect predictor: {_fmt(flip['true_effect'])}; ratio {_fmt(rho, 2)}): {what}."
+            f"(a perfect predictor: {_fmt(flip['true_effect'])}; ratio {interval}): {what}."
         )
     if s["carrier"] is not None and verdict in ("bigram", "partial"):
         shares = s["direct_paths"]["flip"]["shares"]
@@ -442,16 +484,19 @@ def _markdown(s: dict, title: str, corruptions: list[str]) -> str:
         )
     lines += ["", "## Reaction to each corruption", ""]
     lines += [
-        f"Metric: {s['config']['metric']}. Effect = M_clean - M_corrupt (batch means); ratio = model / perfect predictor.",
+        f"Metric: {s['config']['metric']}. Effect = M_clean - M_corrupt (batch means); ratio = "
+        f"model / perfect predictor, 95% interval (delta method); changed pairs: the pairs whose "
+        f"input the corruption changed, the effective sample ({s['sample_text']}).",
         "",
-        "| corruption | M_clean | M_corrupt | model effect | true effect | ratio |",
-        "|---|---|---|---|---|---|",
+        "| corruption | M_clean | M_corrupt | model effect | true effect | ratio | changed pairs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in corruptions:
         r = s["corruptions"][c]
         lines.append(
             f"| {c} | {_fmt(r['model_clean'])} | {_fmt(r['model_corrupt'])} | {_fmt(r['model_effect'])} "
-            f"| {_fmt(r['true_effect'])} | {_fmt(r['ratio'], 2)} |"
+            f"| {_fmt(r['true_effect'])} | {_interval(r['ratio'], r['ratio_se'])} "
+            f"| {r['n_changed']} of {r['n_pairs']} |"
         )
     lines += ["", "## Where the effect enters the output (direct paths)", ""]
     lines += [

@@ -169,7 +169,8 @@ class HessianOperator:
     built once and reused for every product; `dense()` is the exact P x P Hessian by
     torch.func (`exact_hessian`). Per-sequence weights give, with the same code, the Hessian
     of a subsample (weights on one half) or the sign-flipped sampling-noise operator
-    sum_i (eps_i - mean eps) / n * H_i.
+    sum_i (eps_i - mean eps) / n * H_i. ``on_products(k)`` (e.g. a
+    ``training.progress.Counter``'s advance) is called after every k products.
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class HessianOperator:
         theta: Float[Tensor, " P"],
         tokens: Int[Tensor, "n pos"],
         weights: Float[Tensor, " n"] | None = None,
+        on_products: Callable[[int], None] | None = None,
     ):
         n = tokens.shape[0]
         if weights is None:
@@ -190,6 +192,7 @@ class HessianOperator:
         self.theta = theta.detach().clone().requires_grad_(True)
         self._grad: Tensor | None = None
         self.n_matvecs = 0
+        self.on_products = on_products
 
     @property
     def dim(self) -> int:
@@ -210,13 +213,19 @@ class HessianOperator:
     def matvec(self, v: Float[Tensor, " P"]) -> Float[Tensor, " P"]:
         """H v."""
         (hv,) = torch.autograd.grad(self.gradient(), self.theta, v, retain_graph=True)
-        self.n_matvecs += 1
+        self._count(1)
         return hv.detach()
 
     def dense(self, chunk_size: int | None = 64) -> Float[Tensor, "P P"]:
-        """The exact Hessian [P, P]."""
-        self.n_matvecs += self.dim
-        return exact_hessian(self.loss, self.theta.detach(), chunk_size)
+        """The exact Hessian [P, P] (counted as P products)."""
+        h = exact_hessian(self.loss, self.theta.detach(), chunk_size)
+        self._count(self.dim)
+        return h
+
+    def _count(self, n: int) -> None:
+        self.n_matvecs += n
+        if self.on_products is not None:
+            self.on_products(n)
 
 
 def sequence_curvatures(

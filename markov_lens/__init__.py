@@ -44,6 +44,8 @@ EXPORTS: dict[str, str] = {
     "train_ensemble": "training.trainer",
     "load_run": "markov_lens.zoo",  # training.runs.load_run, and zoo/NAME for shipped runs
     "zoo_path": "markov_lens.zoo",
+    "zoo": "markov_lens.zoo",  # zoo(): the shipped runs, one line each
+    "to_transformerlens": "markov_lens.zoo",  # training.interop's, also for zoo/NAME paths
     "run_sweep": "training.sweeps",
     "reproduce": "training.experiments",
     # probes

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from probes.activations import component_sort_key
 from probes.sweeps import pivot
+from training.runs import savefig_atomic
 
 LABELS = {
     "score": "held-out score (R^2 or accuracy)",
@@ -31,7 +32,7 @@ def _save(fig, path: str | os.PathLike | None, overwrite: bool):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists (pass --force / overwrite=True)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        savefig_atomic(fig, path, dpi=120, bbox_inches="tight")
     return fig
 
 

@@ -9,7 +9,12 @@ component, target), written as CSV by ``write_csv``:
     control_score   accuracy on the control task (discrete; controls.py)
     control_chance  the control task's own majority-class accuracy (with few types the
                     control labels' realised frequencies differ from the target's)
-    selectivity     score - control_score
+    above_chance    discrete: whether score exceeds chance by more than CHANCE_Z binomial
+                    standard errors sqrt(chance (1 - chance) / n_test); continuous: R^2 > 0
+                    by as much (score_std as the error)
+    selectivity     score - control_score, only where above_chance (at chance the control
+                    task, a random label per (position, x_n), can be the easier one and the
+                    difference is negative without meaning: x_{n-1} gave -0.32); else nan
     shuffled_score  R^2 with sequences' targets shuffled (continuous; controls.py)
     random_score    the same probe on a randomly initialised model of the same config
     penalty         ridge alpha or logistic l2 chosen; loss: test MSE or cross-entropy (nats)
@@ -81,6 +86,7 @@ COLUMNS = RUN_COLUMNS + [
     "chance",
     "control_score",
     "control_chance",
+    "above_chance",
     "selectivity",
     "shuffled_score",
     "random_score",
@@ -91,6 +97,18 @@ COLUMNS = RUN_COLUMNS + [
     "note",
 ]
 NAN = math.nan
+CHANCE_Z = 2.0  # standard errors above chance a score needs for its selectivity to be reported
+
+
+def above_chance(score: float, chance: float, n_test: int, score_std: float = NAN) -> bool:
+    """Whether a held-out score beats chance by more than CHANCE_Z standard errors (accuracy:
+    the binomial error at chance over n_test; R^2, chance 0: score_std when finite)."""
+    if not (math.isfinite(score) and math.isfinite(chance)) or n_test < 1:
+        return False
+    se = math.sqrt(chance * (1 - chance) / n_test) if 0 < chance < 1 else 0.0
+    if math.isfinite(score_std):
+        se = max(se, score_std)
+    return score > chance + CHANCE_Z * se
 
 
 @dataclass
@@ -265,11 +283,16 @@ def probe_activations(
                 n_train=s.n_train,
                 n_test=s.n_test,
             )
+            row["above_chance"] = above_chance(s.score, s.chance, s.n_test, s.score_std)
             if control is not None:
                 c = _fit(X, control, data, config, device)
                 row.update(
-                    control_score=c.score, control_chance=c.chance, selectivity=s.score - c.score
+                    control_score=c.score,
+                    control_chance=c.chance,
+                    selectivity=s.score - c.score if row["above_chance"] else NAN,
                 )
+                if not row["above_chance"]:
+                    row["note"] = "at chance: no selectivity"
             if shuffled is not None:
                 row["shuffled_score"] = _fit(X, shuffled, data, config, device).score
             if random_acts is not None:

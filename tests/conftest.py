@@ -13,6 +13,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 use_one_thread()
 
 
+def pytest_report_header(config):
+    """The CPU and kernel build every timing and bit-for-bit claim of the run depends on."""
+    from training.fused_attention import kernel_info
+
+    info = kernel_info()
+    return [
+        f"markov-lens: CPU {info['cpu']}; attention kernel {info['status']}"
+        + (f", {info['build']}" if info["build"] else ""),
+    ]
+
+
 @pytest.fixture
 def gen():
     """A seeded torch.Generator on the CPU."""

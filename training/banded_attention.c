@@ -5,18 +5,26 @@
  * float32 only.
  *
  * Layout (row-major, contiguous), R = batch * heads independent rows of attention:
- *   q, o, dq, do  [R, N, D]    queries, output and their gradients (D a multiple of 4)
- *   kt, vt        [R, D, NP]   keys and values transposed, zero-padded to NP >= N + TILE
- *   dkt, dvt      [R, D, NP]   their gradients (written, not accumulated)
- *   lse           [R, N]       log-sum-exp of each query's scaled scores (for the backward)
+ *   q, k, v, o        [R, N, D]  queries, keys, values, output (D a multiple of 4)
+ *   do, dq, dk, dv    [R, N, D]  their gradients (written, not accumulated)
+ *   lse               [R, N]     log-sum-exp of each query's scaled scores (for the backward)
  * Query i attends to keys lo(i)..i, lo(i) = max(0, i - window) (window < 0: lo = 0): a window
  * of M costs O(N * M) and full causal attention skips the upper triangle.
  *
- * Queries are taken QB at a time and keys TILE at a time (one vector register of keys): every
- * key and value vector loaded serves QB queries, scores live in registers, the softmax uses a
- * polynomial exp on whole vectors, and out-of-band scores are masked to exactly 0. The
- * backward recomputes the probabilities from lse (as FlashAttention does) and accumulates
- * dK^T, dV^T tile by tile; rows are independent, so OpenMP splits them without atomics.
+ * Register blocking per instruction set, chosen when compiled (kernel_isa() names it):
+ *   AVX-512 (32 zmm): TILE 16 keys a vector, QB 4 queries, DC 4  -> 16 accumulators
+ *   AVX2/FMA (16 ymm): TILE 8,  QB 4, DC 2                       ->  8 accumulators
+ *   other (SSE, NEON, portable): TILE 4, QB 4, DC 2
+ * so the weighted sums' QB * DC accumulators, QB probability vectors and one key vector stay
+ * in registers. Each thread transposes its row's keys and values into a small key-major
+ * scratch [D, N + TILE] (zero-padded, cache-resident), so the caller passes torch's own
+ * [R, N, D] tensors and no padded copies are made per call.
+ *
+ * Queries are taken QB at a time and keys TILE at a time: every key and value vector loaded
+ * serves QB queries, scores live in registers, the softmax uses a polynomial exp on whole
+ * vectors, and out-of-band scores are masked to exactly 0. The backward recomputes the
+ * probabilities from lse (as FlashAttention does) and accumulates dK^T, dV^T tile by tile in
+ * the scratch; rows are independent, so OpenMP splits them without atomics.
  */
 #include <math.h>
 #include <stdint.h>
@@ -25,7 +33,7 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 /* Subnormal products (probabilities near exp(-87) times small values) take microcode
- * assists that cost ~1.5x here: each thread flushes them to zero while in the kernel and
+ * assists that cost ~1.5x: each thread flushes them to zero while in the kernel and
  * restores its own mode on the way out (the process's mode is never changed). */
 #define FLUSH_DENORMALS unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040);
 #define RESTORE_DENORMALS _mm_setcsr(saved_csr);
@@ -34,14 +42,35 @@
 #define RESTORE_DENORMALS
 #endif
 
-#ifndef QB
-#define QB 4
-#endif
+#if defined(__AVX512F__)
+#define ISA "avx512"
 #define TILE 16
-#define DC 4 /* d-chunk of the weighted sums: QB * DC vector accumulators */
+#define QB 4
+#define DC 4
+#elif defined(__AVX2__)
+#define ISA "avx2"
+#define TILE 8
+#define QB 4
+#define DC 2
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+#define ISA "neon"
+#define TILE 4
+#define QB 4
+#define DC 4
+#else
+#define ISA "portable"
+#define TILE 4
+#define QB 4
+#define DC 2
+#endif
 
 typedef float vf __attribute__((vector_size(TILE * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(TILE * sizeof(int32_t))));
+
+const char *kernel_isa(void) { return ISA; }
+int kernel_tile(void) { return TILE; }
+int kernel_query_block(void) { return QB; }
+int kernel_d_chunk(void) { return DC; }
 
 static inline vf loadu(const float *p) {
     vf v;
@@ -87,12 +116,26 @@ static inline int64_t band_start(int64_t i, int64_t window) {
     return lo < 0 ? 0 : lo;
 }
 
-static const vi IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-
 /* Which keys jb..jb+TILE-1 query i sees: lo(i) <= j <= i. */
 static inline vi in_band(int64_t jb, int64_t i, int64_t window) {
-    vi j = IOTA + (int32_t)jb;
+    vi j;
+    for (int l = 0; l < TILE; l++) j[l] = (int32_t)(jb + l);
     return (j >= (int32_t)band_start(i, window)) & (j <= (int32_t)i);
+}
+
+/* xt[d, j] = x[j, d] for j < N, 0 for N <= j < NP: one row's keys or values, key-major. */
+static void transpose_in(const float *x, float *xt, int64_t N, int64_t NP, int64_t D) {
+    for (int64_t d = 0; d < D; d++) {
+        float *dst = xt + d * NP;
+        for (int64_t j = 0; j < N; j++) dst[j] = x[j * D + d];
+        memset(dst + N, 0, sizeof(float) * (size_t)(NP - N));
+    }
+}
+
+/* x[j, d] = xt[d, j] for j < N. */
+static void transpose_out(const float *xt, float *x, int64_t N, int64_t NP, int64_t D) {
+    for (int64_t j = 0; j < N; j++)
+        for (int64_t d = 0; d < D; d++) x[j * D + d] = xt[d * NP + j];
 }
 
 /* acc[q] = sum_d a[q, d] * bt[d, jb:jb+TILE] for the block's queries (a pre-scaled). */
@@ -106,7 +149,7 @@ static inline void tile_dots(const float *a, const float *bt, int64_t NP, int64_
     }
 }
 
-/* out[q, d] (+)= sum_j w[q, j] * bt[d, lo + j] over the block's tiles (weights in buffers). */
+/* out[q, d] = factor[q] * sum_j w[q, j] * bt[d, lo + j] over the block's tiles. */
 static void weighted_sums(const float *w, int64_t wstride, const float *bt, int64_t NP, int64_t D,
                           int64_t lo, int64_t ntiles, int nq, float *out, float factor[QB]) {
     for (int64_t dc = 0; dc < D; dc += DC) {
@@ -126,20 +169,25 @@ static void weighted_sums(const float *w, int64_t wstride, const float *bt, int6
     }
 }
 
-void attention_forward(const float *q, const float *kt, const float *vt, float *o, float *lse,
-                       int64_t R, int64_t N, int64_t NP, int64_t D, int64_t window, float scale,
+static inline int64_t padded(int64_t N) { return (N + TILE - 1) / TILE * TILE + TILE; }
+
+void attention_forward(const float *q, const float *k, const float *v, float *o, float *lse,
+                       int64_t R, int64_t N, int64_t D, int64_t window, float scale,
                        int threads) {
+    const int64_t NP = padded(N);
 #pragma omp parallel num_threads(threads)
     {
         FLUSH_DENORMALS
         const int64_t stride = NP + TILE;
         float *s = malloc(sizeof(float) * (size_t)(QB * stride));
-        float qs[QB * 64 * 4];
-        float *qsc = D <= 256 ? qs : malloc(sizeof(float) * (size_t)(QB * D));
+        float *kt = malloc(sizeof(float) * (size_t)(2 * D * NP)), *vt = kt + D * NP;
+        float *qsc = malloc(sizeof(float) * (size_t)(QB * D));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < R; r++) {
-            const float *qr = q + r * N * D, *ktr = kt + r * D * NP, *vtr = vt + r * D * NP;
+            const float *qr = q + r * N * D;
             float *orow = o + r * N * D, *lr = lse + r * N;
+            transpose_in(k + r * N * D, kt, N, NP, D);
+            transpose_in(v + r * N * D, vt, N, NP, D);
             for (int64_t i0 = 0; i0 < N; i0 += QB) {
                 const int nq = N - i0 < QB ? (int)(N - i0) : QB;
                 const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
@@ -150,7 +198,7 @@ void attention_forward(const float *q, const float *kt, const float *vt, float *
                 for (int64_t t = 0; t < ntiles; t++) {
                     const int64_t jb = lo + t * TILE;
                     vf acc[QB];
-                    tile_dots(qsc, ktr, NP, D, jb, nq, acc);
+                    tile_dots(qsc, kt, NP, D, jb, nq, acc);
                     for (int qq = 0; qq < nq; qq++) {
                         vi ok = in_band(jb, i0 + qq, window);
                         vf sc = (vf)(((vi)acc[qq] & ok) | ((vi)splat(-1e30f) & ~ok));
@@ -163,6 +211,7 @@ void attention_forward(const float *q, const float *kt, const float *vt, float *
                 for (int qq = 0; qq < QB; qq++) {
                     if (qq >= nq) {
                         memset(s + qq * stride, 0, sizeof(float) * (size_t)(ntiles * TILE));
+                        inv[qq] = 0.0f;
                         continue;
                     }
                     const float m = hmax(vmax[qq]);
@@ -176,32 +225,37 @@ void attention_forward(const float *q, const float *kt, const float *vt, float *
                     inv[qq] = 1.0f / total;
                     lr[i0 + qq] = m + logf(total);
                 }
-                weighted_sums(s, stride, vtr, NP, D, lo, ntiles, nq, orow + i0 * D, inv);
+                weighted_sums(s, stride, vt, NP, D, lo, ntiles, nq, orow + i0 * D, inv);
             }
         }
         free(s);
-        if (qsc != qs) free(qsc);
+        free(kt);
+        free(qsc);
         RESTORE_DENORMALS
     }
 }
 
-void attention_backward(const float *q, const float *kt, const float *vt, const float *o,
-                        const float *lse, const float *dout, float *dq, float *dkt, float *dvt,
-                        int64_t R, int64_t N, int64_t NP, int64_t D, int64_t window, float scale,
+void attention_backward(const float *q, const float *k, const float *v, const float *o,
+                        const float *lse, const float *dout, float *dq, float *dk, float *dv,
+                        int64_t R, int64_t N, int64_t D, int64_t window, float scale,
                         int threads) {
+    const int64_t NP = padded(N);
 #pragma omp parallel num_threads(threads)
     {
         FLUSH_DENORMALS
         const int64_t stride = NP + TILE;
         float *ds = malloc(sizeof(float) * (size_t)(QB * stride));
+        float *kt = malloc(sizeof(float) * (size_t)(4 * D * NP));
+        float *vt = kt + D * NP, *dkt = vt + D * NP, *dvt = dkt + D * NP;
         float *qsc = malloc(sizeof(float) * (size_t)(QB * D));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < R; r++) {
-            const float *qr = q + r * N * D, *ktr = kt + r * D * NP, *vtr = vt + r * D * NP;
+            const float *qr = q + r * N * D;
             const float *orow = o + r * N * D, *lr = lse + r * N, *dor = dout + r * N * D;
-            float *dqr = dq + r * N * D, *dktr = dkt + r * D * NP, *dvtr = dvt + r * D * NP;
-            memset(dktr, 0, sizeof(float) * (size_t)(D * NP));
-            memset(dvtr, 0, sizeof(float) * (size_t)(D * NP));
+            float *dqr = dq + r * N * D;
+            transpose_in(k + r * N * D, kt, N, NP, D);
+            transpose_in(v + r * N * D, vt, N, NP, D);
+            memset(dkt, 0, sizeof(float) * (size_t)(2 * D * NP));
             for (int64_t i0 = 0; i0 < N; i0 += QB) {
                 const int nq = N - i0 < QB ? (int)(N - i0) : QB;
                 const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
@@ -220,8 +274,8 @@ void attention_backward(const float *q, const float *kt, const float *vt, const 
                 for (int64_t t = 0; t < ntiles; t++) {
                     const int64_t jb = lo + t * TILE;
                     vf sc[QB], dp[QB], p[QB], g[QB];
-                    tile_dots(qsc, ktr, NP, D, jb, nq, sc);
-                    tile_dots(doi, vtr, NP, D, jb, nq, dp);
+                    tile_dots(qsc, kt, NP, D, jb, nq, sc);
+                    tile_dots(doi, vt, NP, D, jb, nq, dp);
                     for (int qq = 0; qq < QB; qq++) {
                         if (qq < nq) {
                             vi ok = in_band(jb, i0 + qq, window);
@@ -233,20 +287,23 @@ void attention_backward(const float *q, const float *kt, const float *vt, const 
                         storeu(ds + qq * stride + t * TILE, g[qq]);
                     }
                     for (int64_t d = 0; d < D; d++) {
-                        float *dk = dktr + d * NP + jb, *dv = dvtr + d * NP + jb;
-                        vf ak = loadu(dk), av = loadu(dv);
+                        float *dkp = dkt + d * NP + jb, *dvp = dvt + d * NP + jb;
+                        vf ak = loadu(dkp), av = loadu(dvp);
                         for (int qq = 0; qq < nq; qq++) {
                             ak += g[qq] * qr[(i0 + qq) * D + d];
                             av += p[qq] * doi[qq * D + d];
                         }
-                        storeu(dk, ak);
-                        storeu(dv, av);
+                        storeu(dkp, ak);
+                        storeu(dvp, av);
                     }
                 }
-                weighted_sums(ds, stride, ktr, NP, D, lo, ntiles, nq, dqr + i0 * D, ones);
+                weighted_sums(ds, stride, kt, NP, D, lo, ntiles, nq, dqr + i0 * D, ones);
             }
+            transpose_out(dkt, dk + r * N * D, N, NP, D);
+            transpose_out(dvt, dv + r * N * D, N, NP, D);
         }
         free(ds);
+        free(kt);
         free(qsc);
         RESTORE_DENORMALS
     }

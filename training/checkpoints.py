@@ -267,16 +267,42 @@ def load_checkpoint(
     path: str | os.PathLike,
     device: str | torch.device | None = None,
     expected_config: ModelConfig | None = None,
+    expected_chain: dict[str, Any] | None = None,
 ) -> MarkovTransformer:
     """A ready model (eval mode) from a checkpoint directory, on `device` (default: CUDA when
     available, else CPU). With `expected_config`, a checkpoint of another architecture is
-    refused with the differing fields named."""
+    refused with the differing fields named; with `expected_chain` (a chain dict), one whose
+    metadata names another chain."""
     ckpt = read_checkpoint(path)
     if expected_config is not None:
         detail = config_difference(expected_config, ckpt.config)
         if detail:
             raise CheckpointError(f"{path} is from another config: {detail}")
+    saved = ckpt.metadata.get("chain")
+    if expected_chain is not None and saved is not None and saved != expected_chain:
+        raise CheckpointError(
+            f"{path} was trained on the chain {json.dumps(saved)[:200]}, not the "
+            f"{json.dumps(expected_chain)[:200]} its run's config names"
+        )
     return model_from_checkpoint(ckpt, device)
+
+
+MAX_WEIGHT = 1e18  # larger weights overflow float32 once squared (LayerNorm, attention scores)
+
+
+def check_weights_values(weights: dict[str, torch.Tensor], path: Any) -> None:
+    """CheckpointError naming the first tensor that is not floating point, not finite, or
+    beyond MAX_WEIGHT in magnitude (a model that cannot compute a finite loss)."""
+    for name, tensor in weights.items():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: weight {name} is {tensor.dtype}, not floating point")
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values")
+        if tensor.numel() and float(tensor.abs().max()) > MAX_WEIGHT:
+            raise CheckpointError(
+                f"{path}: weight {name} reaches {float(tensor.abs().max()):.3g}; weights beyond "
+                f"{MAX_WEIGHT:g} overflow float32 when squared"
+            )
 
 
 def config_difference(expected: ModelConfig, got: ModelConfig) -> str:
@@ -296,6 +322,7 @@ def model_from_checkpoint(
     skeleton = dataclasses.replace(ckpt.config, init="paper")
     with torch.device("meta"):  # check the shapes before allocating what the config asks
         check_weights_match(MarkovTransformer(skeleton), ckpt.weights)
+    check_weights_values(ckpt.weights, ckpt.path)
     model = MarkovTransformer(skeleton)
     model.cfg.init = ckpt.config.init  # the model's own cfg (shared by its submodules)
     dtypes = {v.dtype for v in ckpt.weights.values() if v.is_floating_point()}

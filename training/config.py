@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from training import limits
 from training.jsonconfig import JsonConfig
 
 ACT_FNS = ("gelu", "relu")
@@ -112,6 +113,23 @@ class ModelConfig(JsonConfig):
             _check_positive_int(name, value)
         if self.d_vocab < 2:
             raise ValueError(f"d_vocab must be at least 2, got {self.d_vocab}")
+        for name, cap in (
+            ("d_vocab", limits.MAX_VOCAB),
+            ("n_ctx", limits.MAX_N_CTX),
+            ("n_layers", limits.MAX_LAYERS),
+            ("n_heads", limits.MAX_HEADS),
+            ("d_model", limits.MAX_D_MODEL),
+            ("d_head", limits.MAX_D_HEAD),
+            ("d_mlp", limits.MAX_D_MLP),
+        ):
+            limits.check_cap(name, getattr(self, name), cap)
+        n_params = limits.parameter_count(self)
+        if n_params > limits.MAX_PARAMETERS:
+            raise limits.TooLarge(
+                f"n_layers={self.n_layers}, d_model={self.d_model}, n_heads={self.n_heads}, "
+                f"d_head={self.d_head}, d_mlp={self.d_mlp} give {n_params:,} parameters; "
+                f"at most {limits.MAX_PARAMETERS:,}"
+            )
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if self.normalization_type not in NORMALIZATIONS:

@@ -5,45 +5,86 @@ sees keys i - window .. i (window None: 0 .. i), without materialising the [pos,
 
 - on a CPU in float32: a compiled kernel (banded_attention.c, built with the system C
   compiler on first use and cached; forward and backward fused, the band's upper triangle
-  skipped, so a window of M costs O(N * M)). ``kernel_status()`` says whether it loaded and
-  why not; MARKOV_LENS_KERNEL=0 turns it off. It works under ``torch.func.vmap`` (a vmap
-  rule folds the vmapped dimension into the rows) and under double backward (create_graph:
-  the gradient is then recomputed with differentiable torch ops);
+  skipped, so a window of M costs O(N * M)). Its register blocking follows the instruction
+  set it is compiled for (AVX-512, AVX2/FMA, or a portable build for NEON and the rest);
+  $MARKOV_LENS_KERNEL_MARCH sets the -march (default native; x86-64-v3 builds the AVX2 path
+  on an AVX-512 machine). It works under ``torch.func.vmap`` (a vmap rule folds the vmapped
+  dimension into the rows) and under double backward (create_graph: the gradient is then
+  recomputed with differentiable torch ops). MARKOV_LENS_KERNEL=0 turns it off;
 - otherwise (CUDA, or no compiler): the band by ``unfold`` when the window is short, else
   ``torch.nn.functional.scaled_dot_product_attention``.
 
+Which of the two runs is measured, never assumed: on first use per shape class (``choose``)
+both are timed and the faster one is cached beside the compiled library, keyed by the CPU,
+flags and torch version; ``kernel_info()`` says which build runs and every choice made.
+
 MarkovTransformer's Attention takes this path when nothing watches hook_attn_scores or
 hook_pattern (``uses_fused``); its explicit path is the reference, and the tests hold the
-two equal (1e-6 in float32) over windows, lengths and depths.
+two equal (1e-6 in float32) over windows, lengths and depths, for every build this CPU runs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from training import machine
+from training.machine import cpu_id, cpu_model
+
 SOURCE = Path(__file__).with_name("banded_attention.c")
 # -ffast-math for the compile step only (1.5x faster here): linked with it, GCC 12 adds
 # crtfastmath.o, whose constructor turns on flush-to-zero for the whole process.
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC"]
+CFLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC"]
+WIDE = ["-mprefer-vector-width=512"]  # only where the target has AVX-512
 LDFLAGS = ["-shared", "-fopenmp"]
 BAND_MAX_FRACTION = 0.25  # without the kernel: windows up to this fraction of N use the band
+MARCH_ENV = "MARKOV_LENS_KERNEL_MARCH"  # the -march of the default build ("native")
+CHOICE_ENV = "MARKOV_LENS_ATTENTION"  # "measure" (default), "kernel" or "torch"
+CHOICES = ("measure", "kernel", "torch")
+MEASURE_ROWS = 32  # rows timed per shape class (the time is linear in rows for both paths)
 
-_lib: ctypes.CDLL | None = None
-_status: str | None = None
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """One compiled build of banded_attention.c: its -march, the register blocking it chose
+    (``isa``: avx512 / avx2 / neon / portable; ``tile`` keys a vector, ``query_block``
+    queries, ``d_chunk`` head dims per accumulator block) and where it lives."""
+
+    lib: ctypes.CDLL = field(repr=False, compare=False)
+    path: Path
+    march: str
+    isa: str
+    tile: int
+    query_block: int
+    d_chunk: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.isa} build (-march={self.march}: {self.tile} keys a vector, "
+            f"{self.query_block} queries x {self.d_chunk} dims a block)"
+        )
+
+
+_builds: dict[str, KernelBuild | None] = {}
+_status: dict[str, str] = {}
+_choices: dict[tuple, tuple[str, str]] = {}
 
 
 def _cache_dir() -> Path:
@@ -51,24 +92,29 @@ def _cache_dir() -> Path:
     return Path(root) / "markov-lens"
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on: the CPU's model and flags."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
+def _targets_avx512(compiler: str, march: str) -> bool:
+    """Does -march=`march` define __AVX512F__ (asked of the compiler's preprocessor)?"""
+    proc = subprocess.run(
+        [compiler, f"-march={march}", "-dM", "-E", "-x", "c", os.devnull],
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode == 0 and "__AVX512F__" in proc.stdout
 
 
-def _build(compiler: str) -> Path:
+def _flags(compiler: str, march: str) -> list[str]:
+    wide = WIDE if _targets_avx512(compiler, march) else []
+    return [*CFLAGS, f"-march={march}", *wide]
+
+
+def _build(compiler: str, march: str = "native") -> Path:
     """Compile the kernel into the cache (atomically: concurrent builds are harmless)."""
     probe = subprocess.run([compiler, "--version"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise RuntimeError(f"the C compiler {compiler!r} does not run")
-    version = probe.stdout
+    flags = _flags(compiler, march)
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(CFLAGS + LDFLAGS), version, _cpu_id()]).encode()
+        "\0".join([SOURCE.read_text(), " ".join(flags + LDFLAGS), probe.stdout, cpu_id()]).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"banded_attention-{key}.so"
     if target.exists():
@@ -77,7 +123,7 @@ def _build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, out = Path(tmp) / "kernel.o", Path(tmp) / target.name
         for cmd in (
-            [compiler, *CFLAGS, "-c", str(SOURCE), "-o", str(obj)],
+            [compiler, *flags, "-c", str(SOURCE), "-o", str(obj)],
             [compiler, *LDFLAGS, str(obj), "-o", str(out), "-lm"],
         ):
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -88,48 +134,81 @@ def _build(compiler: str) -> Path:
     return target
 
 
-def _load() -> ctypes.CDLL | None:
-    global _lib, _status
-    if _status is not None:
-        return _lib
+def load_kernel(march: str | None = None) -> KernelBuild | None:
+    """The kernel built for `march` (default: $MARKOV_LENS_KERNEL_MARCH or "native"), compiled
+    on first use; None (with one warning, reason in ``kernel_status``) where it cannot be."""
+    march = march or os.environ.get(MARCH_ENV) or "native"
+    if march in _builds:
+        return _builds[march]
+    build = None
     if os.environ.get("MARKOV_LENS_KERNEL", "1") == "0":
-        _status = "off (MARKOV_LENS_KERNEL=0)"
-        return None
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    try:
-        if compiler is None:
-            raise RuntimeError("no C compiler (gcc or cc) on PATH")
-        lib = ctypes.CDLL(str(_build(compiler)))
-        i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-        lib.attention_forward.argtypes = [ptr] * 5 + [i64] * 5 + [f32, ctypes.c_int]
-        lib.attention_backward.argtypes = [ptr] * 9 + [i64] * 5 + [f32, ctypes.c_int]
-        lib.attention_forward.restype = lib.attention_backward.restype = None
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        _status = f"unavailable ({err}); using torch's attention"
-        warnings.warn(f"markov-lens attention kernel {_status}", stacklevel=3)
-        return None
-    _lib, _status = lib, "loaded"
-    return _lib
+        _status[march] = "off (MARKOV_LENS_KERNEL=0)"
+    else:
+        compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+        try:
+            if compiler is None:
+                raise RuntimeError("no C compiler (gcc or cc) on PATH")
+            path = _build(compiler, march)
+            lib = ctypes.CDLL(str(path))
+            i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+            lib.attention_forward.argtypes = [ptr] * 5 + [i64] * 4 + [f32, ctypes.c_int]
+            lib.attention_backward.argtypes = [ptr] * 9 + [i64] * 4 + [f32, ctypes.c_int]
+            lib.attention_forward.restype = lib.attention_backward.restype = None
+            lib.kernel_isa.restype = ctypes.c_char_p
+            build = KernelBuild(
+                lib,
+                path,
+                march,
+                lib.kernel_isa().decode(),
+                lib.kernel_tile(),
+                lib.kernel_query_block(),
+                lib.kernel_d_chunk(),
+            )
+            _status[march] = "loaded"
+        except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
+            _status[march] = f"unavailable ({err}); using torch's attention"
+            warnings.warn(f"markov-lens attention kernel {_status[march]}", stacklevel=3)
+    _builds[march] = build
+    return build
+
+
+def _load() -> KernelBuild | None:
+    return load_kernel()
 
 
 def kernel_status() -> str:
     """'loaded', or why the compiled CPU kernel is not used."""
-    _load()
-    return str(_status)
+    march = os.environ.get(MARCH_ENV) or "native"
+    load_kernel(march)
+    return _status[march]
+
+
+def kernel_info() -> dict[str, Any]:
+    """Which kernel build runs here and how ``auto`` chose per shape class: the CPU, the
+    build's ISA and blocking, the choice rule ($MARKOV_LENS_ATTENTION) and every decision
+    made in this process (shape class -> choice, why)."""
+    build = _load()
+    return {
+        "cpu": cpu_model(),
+        "status": kernel_status(),
+        "build": build.describe() if build else None,
+        "library": str(build.path) if build else None,
+        "rule": _choice_rule(),
+        "decisions": {
+            ", ".join(f"{k}={v}" for k, v in zip(SHAPE_FIELDS, key[1:], strict=True)): why
+            for key, (_, why) in _choices.items()
+        },
+    }
+
+
+def fingerprint() -> dict[str, Any]:
+    """training.machine.fingerprint with the kernel build this process runs."""
+    build = _load()
+    return machine.fingerprint(build.describe() if build else None)
 
 
 def _ptr(t: Tensor) -> int:
     return t.data_ptr()
-
-
-TILE = 16  # keys per vector in banded_attention.c
-
-
-def _key_major(t: Float[Tensor, "R N D"], NP: int) -> Float[Tensor, "R D NP"]:
-    """t transposed to [R, D, NP], zero-padded along the keys (the kernel's layout)."""
-    out = t.new_zeros(t.shape[0], t.shape[2], NP)
-    out[:, :, : t.shape[1]] = t.transpose(1, 2)
-    return out
 
 
 class BandedAttention(torch.autograd.Function):
@@ -138,55 +217,173 @@ class BandedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        q: Tensor, k: Tensor, v: Tensor, window: int | None, scale: float
+        q: Tensor, k: Tensor, v: Tensor, window: int | None, scale: float, build: KernelBuild
     ) -> tuple[Tensor, Tensor]:
-        R, N, D = q.shape
-        NP = -(-N // TILE) * TILE + TILE
-        q = q.contiguous()
-        kt, vt = _key_major(k, NP), _key_major(v, NP)
+        R, N, _ = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o = torch.empty_like(q)
         lse = torch.empty(R, N, dtype=q.dtype)
         w = -1 if window is None else min(window, N)
-        args = (R, N, NP, D, w, scale, torch.get_num_threads())
-        _load().attention_forward(*map(_ptr, (q, kt, vt, o, lse)), *args)
+        args = (*q.shape, w, scale, torch.get_num_threads())
+        build.lib.attention_forward(*map(_ptr, (q, k, v, o, lse)), *args)
         return o, lse
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        q, k, v, window, scale = inputs
+        q, k, v, window, scale, build = inputs
         o, lse = output
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.window, ctx.scale = window, scale
+        ctx.window, ctx.scale, ctx.build = window, scale, build
         ctx.mark_non_differentiable(lse)
 
     @staticmethod
-    def backward(ctx, do: Tensor, _dlse: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+    def backward(ctx, do: Tensor, _dlse: Tensor):
         q, k, v, o, lse = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient that can be differentiated again
             with torch.enable_grad():
                 z = reference_attention(q, k, v, ctx.window, ctx.scale)
                 dq, dk, dv = torch.autograd.grad(z, (q, k, v), do, create_graph=True)
-            return dq, dk, dv, None, None
-        R, N, D = q.shape
-        NP = -(-N // TILE) * TILE + TILE
-        q, o, do = q.contiguous(), o.contiguous(), do.contiguous()
-        kt, vt = _key_major(k, NP), _key_major(v, NP)
-        dq, dkt, dvt = torch.empty_like(q), torch.empty_like(kt), torch.empty_like(vt)
+            return dq, dk, dv, None, None, None
+        R, N, _ = q.shape
+        q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         w = -1 if ctx.window is None else min(ctx.window, N)
-        args = (R, N, NP, D, w, ctx.scale, torch.get_num_threads())
-        _load().attention_backward(*map(_ptr, (q, kt, vt, o, lse, do, dq, dkt, dvt)), *args)
-        return dq, dkt[:, :, :N].transpose(1, 2), dvt[:, :, :N].transpose(1, 2), None, None
+        args = (*q.shape, w, ctx.scale, torch.get_num_threads())
+        ctx.build.lib.attention_backward(*map(_ptr, (q, k, v, o, lse, do, dq, dk, dv)), *args)
+        return dq, dk, dv, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, q, k, v, window, scale):
+    def vmap(info, in_dims, q, k, v, window, scale, build):
         """Fold the vmapped dimension into the rows: one kernel call for all of it."""
         size = info.batch_size
         flat = []
         for t, d in zip((q, k, v), in_dims[:3], strict=True):
             t = t.expand(size, *t.shape) if d is None else t.movedim(d, 0)
             flat.append(t.reshape(size * t.shape[1], *t.shape[2:]))
-        o, lse = BandedAttention.apply(*flat, window, scale)
+        o, lse = BandedAttention.apply(*flat, window, scale, build)
         return (o.unflatten(0, (size, -1)), lse.unflatten(0, (size, -1))), (0, 0)
+
+
+SHAPE_FIELDS = ("rows", "pos", "d_head", "window", "grad", "threads")
+
+
+def _choice_rule() -> str:
+    rule = os.environ.get(CHOICE_ENV, "measure")
+    if rule not in CHOICES:
+        raise ValueError(f"{CHOICE_ENV} must be one of {CHOICES}, got {rule!r}")
+    return rule
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def shape_class(n: int, d: int, window: int | None, grad: bool, rows: int = MEASURE_ROWS) -> tuple:
+    """What the kernel-vs-torch decision is cached by: rows (batch x heads, capped at
+    MEASURE_ROWS) and positions rounded up to a power of two, d_head, the window's class
+    (None, or its width rounded up to a power of two, or "wide" past the unfolded band's
+    reach), whether a backward follows, and the thread count."""
+    pos = _pow2(n)
+    if window is None:
+        w: int | str | None = None
+    elif window + 1 > BAND_MAX_FRACTION * n:
+        w = "wide"
+    else:
+        w = 1 << max(0, window.bit_length())
+    return (_pow2(min(rows, MEASURE_ROWS)), pos, d, w, grad, torch.get_num_threads())
+
+
+def _time(fn, repeats: int = 3) -> float:
+    fn()  # warm-up (first touch, lazy init)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _measure(build: KernelBuild, key: tuple) -> tuple[str, str]:
+    """Time the kernel and torch's attention on this shape class (forward, plus backward
+    when grad): the faster one, and a line saying so."""
+    rows, pos, d, w, grad, _ = key
+    window = {None: None, "wide": pos // 2}.get(w, w - 1 if isinstance(w, int) else None)
+    # deterministic inputs, not random draws: the choice may be made inside torch.func.vmap,
+    # whose randomness check refuses random ops
+    grid = torch.arange(4 * rows * pos * d, dtype=torch.float32).view(4, rows, pos, d)
+    q, k, v, do = (grid * 0.6180339887).sin().unbind(0)
+    scale = 1 / math.sqrt(d)
+
+    def step(kernel: bool):
+        def run():
+            qq, kk, vv = (t.requires_grad_(grad) for t in (q, k, v))
+            with torch.enable_grad() if grad else torch.no_grad():
+                if kernel:
+                    z = BandedAttention.apply(qq, kk, vv, window, scale, build)[0]
+                else:
+                    z = _torch_attention(qq, kk, vv, window)
+                if grad:
+                    torch.autograd.grad(z, (qq, kk, vv), do)
+
+        return run
+
+    # timed in a thread of its own: torch.func transforms, grad and inference modes are
+    # thread-local, so a choice made inside vmap or no_grad times plain eager autograd
+    times: list[float] = []
+    worker = threading.Thread(target=lambda: times.extend((_time(step(True)), _time(step(False)))))
+    worker.start()
+    worker.join()
+    if len(times) != 2:
+        raise RuntimeError("timing the attention paths failed")
+    t_kernel, t_torch = times
+    choice = "kernel" if t_kernel < t_torch else "torch"
+    what = "forward + backward" if grad else "forward"
+    why = (
+        f"{choice}: measured {what} on {rows} x {pos} x {d}, kernel "
+        f"{1e3 * t_kernel:.2f} ms vs torch {1e3 * t_torch:.2f} ms ({build.isa} build)"
+    )
+    return choice, why
+
+
+def _decision_file(build: KernelBuild) -> Path:
+    return build.path.with_name(f"{build.path.stem}-torch{torch.__version__}-choices.json")
+
+
+def choose(
+    n: int, d: int, window: int | None, grad: bool, rows: int = MEASURE_ROWS
+) -> tuple[str, str]:
+    """("kernel" | "torch", why) for attention of this shape on this CPU. Rule
+    $MARKOV_LENS_ATTENTION: "measure" (default: time both once per shape class, as cuDNN's
+    benchmark mode does, and cache the choice beside the compiled library, keyed by CPU,
+    flags and torch version), "kernel" or "torch" (forced)."""
+    build = _load()
+    if build is None:
+        return "torch", f"torch: kernel {kernel_status()}"
+    rule = _choice_rule()
+    if rule != "measure":
+        return rule, f"{rule}: forced by {CHOICE_ENV}={rule}"
+    key = (build.path.name, *shape_class(n, d, window, grad, rows))
+    if key in _choices:
+        return _choices[key]
+    path = _decision_file(build)
+    name = ",".join(map(str, key[1:]))
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if isinstance(saved, dict) and isinstance(saved.get(name), list) and len(saved[name]) == 2:
+        _choices[key] = (str(saved[name][0]), str(saved[name][1]) + " (cached)")
+        return _choices[key]
+    _choices[key] = _measure(build, key[1:])
+    saved = saved if isinstance(saved, dict) else {}
+    saved[name] = list(_choices[key])
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(saved, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the choice holds for this process
+    return _choices[key]
 
 
 def reference_attention(
@@ -236,30 +433,46 @@ def under_grad_transform(t: Tensor) -> bool:
     return False
 
 
-def fused_attention(
-    q: Float[Tensor, "*rows pos d_head"],
-    k: Float[Tensor, "*rows pos d_head"],
-    v: Float[Tensor, "*rows pos d_head"],
-    window: int | None,
-    kernel: bool = True,
-) -> Float[Tensor, "*rows pos d_head"]:
-    """reference_attention without the [pos, pos] scores (see the module docstring);
-    kernel=False: torch's own operations only (SDPA, or the unfolded band)."""
-    n, d = q.shape[-2:]
-    if window is not None and window >= n - 1:
-        window = None  # the band covers every earlier position: plain causal attention
-    if kernel and q.device.type == "cpu" and q.dtype == torch.float32 and _load() is not None:
-        rows, pad = q.shape[:-2], -d % 4  # the kernel takes d_head in multiples of 4
-        flat = [
-            F.pad(t.reshape(-1, n, d), (0, pad)) if pad else t.reshape(-1, n, d) for t in (q, k, v)
-        ]
-        z = BandedAttention.apply(*flat, window, 1 / math.sqrt(d))[0]
-        return z[..., :d].reshape(*rows, n, d)
+def _torch_attention(q: Tensor, k: Tensor, v: Tensor, window: int | None) -> Tensor:
+    """torch's own operations: the unfolded band for short windows, else SDPA."""
+    n = q.shape[-2]
     if window is not None and window + 1 <= BAND_MAX_FRACTION * n:
         return _band_unfold(q, k, v, window)
     if window is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=band_mask(n, window, q.device))
+
+
+def fused_attention(
+    q: Float[Tensor, "*rows pos d_head"],
+    k: Float[Tensor, "*rows pos d_head"],
+    v: Float[Tensor, "*rows pos d_head"],
+    window: int | None,
+    kernel: str | bool = "auto",
+) -> Float[Tensor, "*rows pos d_head"]:
+    """reference_attention without the [pos, pos] scores (see the module docstring).
+    kernel: "auto" (the compiled kernel where ``choose`` measured it faster for this shape),
+    "kernel" (the compiled kernel wherever it applies), "torch" or False (torch's own
+    operations only: SDPA, or the unfolded band); True means "auto"."""
+    kernel = {True: "auto", False: "torch"}.get(kernel, kernel)
+    if kernel not in ("auto", "kernel", "torch"):
+        raise ValueError(f"kernel must be 'auto', 'kernel' or 'torch', got {kernel!r}")
+    n, d = q.shape[-2:]
+    if window is not None and window >= n - 1:
+        window = None  # the band covers every earlier position: plain causal attention
+    applies = kernel != "torch" and q.device.type == "cpu" and q.dtype == torch.float32
+    if applies and _load() is not None:
+        pad = -d % 4  # the kernel takes d_head in multiples of 4
+        rows = q.shape[:-2]
+        grad = q.requires_grad and torch.is_grad_enabled()
+        if kernel == "kernel" or choose(n, d + pad, window, grad, rows.numel())[0] == "kernel":
+            flat = [
+                F.pad(t.reshape(-1, n, d), (0, pad)) if pad else t.reshape(-1, n, d)
+                for t in (q, k, v)
+            ]
+            z = BandedAttention.apply(*flat, window, 1 / math.sqrt(d), _load())[0]
+            return z[..., :d].reshape(*rows, n, d)
+    return _torch_attention(q, k, v, window)
 
 
 def uses_fused(q: Tensor) -> bool:

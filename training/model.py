@@ -20,8 +20,10 @@ Stacks of K members run this same module under torch.func.vmap (training.stacked
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import einops
@@ -30,19 +32,44 @@ import torch.nn as nn
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from training.config import ModelConfig
 from training.fused_attention import band_mask, fused_attention, under_grad_transform, uses_fused
 from training.inits import apply_init
 
-ATTENTION_BACKENDS = ("auto", "torch", "explicit")
+ATTENTION_BACKENDS = ("auto", "kernel", "torch", "explicit")
 
 
 def watched(*hooks: HookPoint) -> bool:
-    """Does any of these hook points have a hook attached (forward or backward)?"""
-    return any(h.fwd_hooks or h.bwd_hooks for h in hooks)
+    """Does anything watch one of these hook points? Any hook mechanism counts: TransformerLens
+    hooks, torch forward, forward-pre and backward hooks on the HookPoint module, torch's global
+    module hooks, and a forward replaced on the instance (nnsight wraps every module's forward
+    this way). Only when nothing watches may a layer skip materialising them (fused branch)."""
+    if any(_global_module_hooks()):
+        return True
+    return any(
+        h.fwd_hooks
+        or h.bwd_hooks
+        or h._forward_hooks
+        or h._forward_pre_hooks
+        or h._backward_hooks
+        or h._backward_pre_hooks
+        or "forward" in h.__dict__
+        for h in hooks
+    )
+
+
+def _global_module_hooks() -> tuple[dict, ...]:
+    """torch's hooks registered for every module (torch.nn.modules.module.register_module_*)."""
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return tuple(getattr(torch.nn.modules.module, name, {}) for name in names)
 
 
 class Embed(nn.Module):
@@ -116,11 +143,13 @@ class LayerNorm(nn.Module):
             self.register_buffer("b", torch.zeros(cfg.d_model), persistent=False)
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        self.explicit = False  # True: always the explicit branch (MarkovTransformer.analysis)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         # fused: the same function. Not under torch.func grad transforms: jacrev(jacrev) of
         # torch's layer_norm gets the weight's second derivatives wrong (torch 2.13; tested)
-        if not watched(self.hook_scale, self.hook_normalized) and not under_grad_transform(x):
+        fused = not self.explicit and not watched(self.hook_scale, self.hook_normalized)
+        if fused and not under_grad_transform(x):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b if self.bias else None, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -136,8 +165,9 @@ class Attention(nn.Module):
     are materialised; otherwise ``training.fused_attention`` computes the same function
     without them (a compiled CPU kernel that skips everything outside the band, or SDPA).
     hook_q/k/v/z/result fire in both. ``backend``: "auto" (the fused branch where it
-    applies), "torch" (the fused branch without the compiled kernel: SDPA or the unfolded
-    band) or "explicit" (always materialise).
+    applies, with the compiled kernel where it measured faster than torch for the shape),
+    "kernel" (the compiled kernel wherever it applies), "torch" (the fused branch without the
+    compiled kernel: SDPA or the unfolded band) or "explicit" (always materialise).
     """
 
     def __init__(self, cfg: ModelConfig, window: int | None):
@@ -168,14 +198,22 @@ class Attention(nn.Module):
         return band_mask(n, self.window, device)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
+        H, E, bias = self.cfg.n_heads, self.cfg.d_head, self.cfg.linear_bias
+        # q, k and v from one matmul (3x fewer skinny matmuls than one einsum each)
+        W = torch.cat((self.W_Q, self.W_K, self.W_V)).transpose(0, 1)  # [d_model, 3H, d_head]
+        qkv = (x @ W.flatten(1)).unflatten(-1, (3 * H, E))  # [batch, pos, 3H, d_head]
+        if bias:
+            qkv = qkv + torch.cat((self.b_Q, self.b_K, self.b_V))
+        q, k, v = (
+            hook(t)
+            for hook, t in zip(
+                (self.hook_q, self.hook_k, self.hook_v), qkv.split(H, -2), strict=True
+            )
+        )
         explicit = self.backend == "explicit" or watched(self.hook_attn_scores, self.hook_pattern)
         if not explicit and uses_fused(q):
             qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
-            kernel = self.backend == "auto"
-            z = fused_attention(qh, kh, vh, self.window, kernel=kernel).transpose(1, 2)
+            z = fused_attention(qh, kh, vh, self.window, kernel=self.backend).transpose(1, 2)
         else:
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
             allowed = self.mask(x.shape[1], x.device)
@@ -186,7 +224,8 @@ class Attention(nn.Module):
         if self.cfg.use_attn_result:
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
             return result.sum(dim=2) + self.b_O
-        return torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
+        out = z.flatten(-2) @ self.W_O.flatten(0, 1)  # [batch, pos, d_model]
+        return out + self.b_O if bias else out
 
 
 class MLP(nn.Module):
@@ -276,6 +315,7 @@ class MarkovTransformer(HookedRootModule):
         self.unembed = Unembed(cfg, self.embed)
         self.init_weights(seed)
         apply_init(self, cfg.init, pi)
+        self.cfg.dtype = self.embed.W_E.dtype  # not a config field: read by TransformerLens
         self.setup()
 
     # --- initialisation -----------------------------------------------------------------
@@ -304,15 +344,131 @@ class MarkovTransformer(HookedRootModule):
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         self.cfg.device = str(self.embed.W_E.device)
+        self.cfg.dtype = self.embed.W_E.dtype  # not a config field: read by TransformerLens
         return out
 
+    # --- HookedTransformer's weight API: stacked over layers ------------------------------
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self.unembed.W_U
 
     @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        return self.unembed.b_U
+
+    @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        """Positional embeddings (zeros without them, as the export writes)."""
+        if self.cfg.positional_embedding_type == "standard":
+            return self.pos_embed.W_pos
+        return self.W_E.new_zeros(self.cfg.n_ctx, self.cfg.d_model)
+
+    @property
+    def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
+        return torch.cat([self.embed.table(), self.W_pos], dim=0)
+
+    def _stack(self, path: str) -> Tensor:
+        """blocks[l].<path> for every layer, stacked on a new leading axis [n_layers, ...]."""
+        module, name = path.split(".")
+        if module == "mlp" and self.cfg.attn_only:
+            raise AttributeError(name)  # attention-only: no MLP weights
+        return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])
+
+    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_V = property(lambda self: self._stack("attn.W_V"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_O = property(lambda self: self._stack("attn.W_O"), doc="[n_layers, n_heads, d_head, d_model]")
+    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="[n_layers, n_heads, d_head]")
+    b_K = property(lambda self: self._stack("attn.b_K"), doc="[n_layers, n_heads, d_head]")
+    b_V = property(lambda self: self._stack("attn.b_V"), doc="[n_layers, n_heads, d_head]")
+    b_O = property(lambda self: self._stack("attn.b_O"), doc="[n_layers, d_model]")
+    W_in = property(lambda self: self._stack("mlp.W_in"), doc="[n_layers, d_model, d_mlp]")
+    W_out = property(lambda self: self._stack("mlp.W_out"), doc="[n_layers, d_mlp, d_model]")
+    b_in = property(lambda self: self._stack("mlp.b_in"), doc="[n_layers, d_mlp]")
+    b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model]")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """W_Q W_K^T per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """W_V W_O per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    # --- HookedTransformer's weight processing, in place ---------------------------------
+    @torch.no_grad()
+    def process_weights(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+    ) -> None:
+        """HookedTransformer's load-time weight processing, in place, by TransformerLens's own
+        ``ProcessWeights.process_weights`` on ``hooked_state_dict()``: fold the LayerNorm
+        weights and biases into the next linear maps (LayerNorm w = 1, b = 0 after), centre the
+        weights writing to the residual stream (W_E, W_pos, W_O, W_out along d_model), centre
+        W_U and b_U over the vocabulary (every logit at a position moves by one constant: the
+        log-probabilities stay) and fold b_V into b_O. The same processing as the export's
+        ``enable_compatibility_mode()``. ValueError (weights unchanged) when this model cannot
+        hold the result, e.g. a tied model (W_U would no longer be W_E^T) or a bias the config
+        disables that would become nonzero."""
+        from transformer_lens.weight_processing import ProcessWeights
+
+        from training.bridge_config import bridge_config
+
+        processed = ProcessWeights.process_weights(
+            self.hooked_state_dict(),
+            bridge_config(self.cfg, dtype=self.W_E.dtype),
+            fold_ln=fold_ln and self.cfg.normalization_type == "LN",
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+        )
+        self.load_hooked_state_dict(processed)
+
+    def fold_layer_norm(self) -> None:
+        """Fold every LayerNorm's weight and bias into the next linear map (process_weights)."""
+        self.process_weights(True, False, False, False)
+
+    def center_writing_weights(self) -> None:
+        """Centre W_E, W_pos, W_O, b_O, W_out, b_out along d_model (process_weights)."""
+        self.process_weights(False, True, False, False)
+
+    def center_unembed(self) -> None:
+        """Centre W_U and b_U over the vocabulary (process_weights)."""
+        self.process_weights(False, False, True, False)
+
+    @torch.no_grad()
+    def load_hooked_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict in ``hooked_state_dict()``'s format. ValueError, with the model
+        unchanged, naming the entries this model cannot hold (a tied W_U that is not W_E^T, a
+        disabled bias that is not zero, a "linear" embedding whose row 0 is not zero)."""
+        before = self.hooked_state_dict()
+        if set(state) != set(before):
+            raise ValueError(
+                f"state dict keys differ: missing {sorted(set(before) - set(state))}, "
+                f"unexpected {sorted(set(state) - set(before))}"
+            )
+        own = self.state_dict()
+        self.load_state_dict({k: state[k] for k in own}, strict=True)
+        after = self.hooked_state_dict()
+        bad = [k for k in state if not torch.equal(after[k], state[k].to(after[k]))]
+        if bad:
+            self.load_state_dict({k: before[k] for k in own}, strict=True)
+            raise ValueError(
+                f"this model's config cannot hold the processed weights {bad} "
+                f"(tie_embeddings={self.cfg.tie_embeddings}, linear_bias={self.cfg.linear_bias}, "
+                f"ln_bias={self.cfg.ln_bias}, unembed_bias={self.cfg.unembed_bias}, "
+                f"token_embedding={self.cfg.token_embedding!r}); process the TransformerLens "
+                "export instead (training.interop.to_transformerlens)"
+            )
 
     # --- forward ------------------------------------------------------------------------
     def check_tokens(self, tokens: Tensor) -> Int[Tensor, "batch pos"]:
@@ -368,6 +524,81 @@ class MarkovTransformer(HookedRootModule):
         has_batch_dim = not kwargs.get("remove_batch_dim", False)
         return out, ActivationCache(cache_dict, self, has_batch_dim=has_batch_dim)
 
+    # --- tokens as text, and sampling ----------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The chain alphabet's tokenizer (training.tokenizer.ChainTokenizer), built on first
+        use: "0" .. str(d_vocab - 1) and an end token, as TransformerLens expects."""
+        if "_tokenizer" not in self.__dict__:
+            from training.tokenizer import ChainTokenizer
+
+            self.__dict__["_tokenizer"] = ChainTokenizer(self.cfg.d_vocab)
+        return self.__dict__["_tokenizer"]
+
+    def to_tokens(self, text: str | list[str], **_ignored) -> Int[Tensor, "batch pos"]:
+        """Token ids of text such as "0 1 1 0" (or "0110" with at most 10 states), on the
+        model's device; a list of strings gives one row each, padded with the end token.
+        Keyword arguments of HookedTransformer.to_tokens (prepend_bos ...) are ignored: this
+        vocabulary has no BOS."""
+        ids = self.tokenizer(text if isinstance(text, list) else [text], padding=True)
+        return torch.tensor(ids["input_ids"], dtype=torch.long, device=self.W_E.device)
+
+    def to_str_tokens(self, tokens: Tensor | str | list, **_ignored) -> list[str] | list:
+        """Each token as its string, e.g. ["0", "1", "1"]; a [batch, pos] tensor or a list of
+        inputs gives a list per sequence."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)[0]
+        if isinstance(tokens, list):
+            return [self.to_str_tokens(t) for t in tokens]
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2 and tokens.shape[0] > 1:
+            return [self.to_str_tokens(row) for row in tokens]
+        return self.tokenizer.batch_decode([[int(t)] for t in tokens.reshape(-1).tolist()])
+
+    def to_string(self, tokens: Int[Tensor, "... pos"]) -> str | list[str]:
+        """The text of a sequence of ids (a list of texts for [batch, pos])."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 2:
+            return [self.tokenizer.decode(row.tolist()) for row in tokens]
+        return self.tokenizer.decode(tokens.tolist())
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Int[Tensor, "batch pos"] | str,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> Int[Tensor, "batch pos_plus_new"]:
+        """Continue each sequence by `max_new_tokens` tokens sampled from the model's next-token
+        distribution softmax(logits / temperature) (temperature 0: the most likely token).
+        With `seed`, a generator of its own (same seed, same tokens; the global RNG is left
+        alone). Text input is tokenized first. The result, prompt included, must fit n_ctx."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)
+        tokens = self.check_tokens(tokens).to(self.W_E.device)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if max_new_tokens < 0 or tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} must be >= 0 and fit the context: "
+                f"{tokens.shape[1]} prompt tokens + {max_new_tokens} > n_ctx={self.cfg.n_ctx}"
+            )
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=tokens.device).manual_seed(seed)
+        for _ in range(max_new_tokens):  # each token depends on the one before: sequential
+            logits = self(tokens)[:, -1].double()
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = (logits / temperature).softmax(-1)
+                nxt = torch.multinomial(probs, 1, generator=gen)
+            tokens = torch.cat([tokens, nxt], dim=1)
+        return tokens
+
     # --- helpers TransformerLens's ActivationCache calls ---------------------------------
     def tokens_to_residual_directions(self, tokens) -> Float[Tensor, "... d_model"]:
         """Direction in the normalised residual stream whose dot product is the token's logit
@@ -410,6 +641,26 @@ class MarkovTransformer(HookedRootModule):
             )
         for block in self.blocks:
             block.attn.backend = backend
+
+    @contextlib.contextmanager
+    def analysis(self) -> Iterator[MarkovTransformer]:
+        """Within ``with model.analysis():`` every attention layer and LayerNorm takes its
+        explicit branch, so hook_attn_scores, hook_pattern, hook_scale and hook_normalized fire
+        on every forward whoever listens (hooks are detected anyway, see ``watched``; this is
+        for tools that attach them some other way). Restores each layer's previous backend."""
+        saved = [(block.attn, block.attn.backend) for block in self.blocks]
+        norms = [m for m in self.modules() if isinstance(m, LayerNorm)]
+        explicit = [(m, m.explicit) for m in norms]
+        try:
+            self.set_attention_backend("explicit")
+            for m in norms:
+                m.explicit = True
+            yield self
+        finally:
+            for attn, backend in saved:
+                attn.backend = backend
+            for m, value in explicit:
+                m.explicit = value
 
     def set_use_attn_result(self, value: bool) -> None:
         self.cfg.use_attn_result = value

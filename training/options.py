@@ -5,7 +5,8 @@ become underscores); sweep specs use the same keys with lists as grid axes:
 
     chain: p, q (binary P(1|0), P(0|1)), order (k > 1 with p, q: the paper's lag-k chain),
            states (S > 2 with p: stay 1-p, move p/(S-1)), in_context (a fresh kernel per
-           sequence; with states, order, alpha, doubly_stochastic), chain_init
+           sequence; with states, order, alpha, doubly_stochastic, group_size: sequences per
+           kernel, an int or "batch" = one kernel per minibatch), chain_init
            ("stationary"/"uniform" law of the first tokens)
            -- or a full chain dict with "family" (as `chain.to_dict()` writes it)
     model: layers, heads, d_model, d_head, d_mlp, tie, mlp, ln, window, init, init_range,
@@ -42,6 +43,7 @@ CHAIN_OPTIONS = (
     "in_context",
     "alpha",
     "doubly_stochastic",
+    "group_size",
     "chain_init",
 )
 # option name -> ModelConfig field
@@ -140,8 +142,18 @@ def build_chain(opts: dict[str, Any] | None) -> MarkovChain:
             args["alpha"] = o["alpha"]
         if doubly is not None:
             args["doubly_stochastic"] = doubly
+        group = o.get("group_size")
+        if group is not None:
+            if group != "batch" and (
+                isinstance(group, bool) or not isinstance(group, int) or group < 1
+            ):
+                raise ValueError(
+                    f"chain option group_size must be an integer >= 1 (sequences per kernel) "
+                    f"or 'batch' (one kernel per minibatch), got {group!r}"
+                )
+            args["group_size"] = None if group == "batch" else group
         return InContextChain(**args, **kw)
-    for bad in ("alpha", "doubly_stochastic"):
+    for bad in ("alpha", "doubly_stochastic", "group_size"):
         if o.get(bad) not in (None, False):
             raise ValueError(f"chain option {bad!r} needs in_context: true")
     p, q = o.get("p"), o.get("q")

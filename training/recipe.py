@@ -23,11 +23,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from training import limits
 from training.jsonconfig import JsonConfig
 
 SCHEDULES = ("onecycle", "constant")
 ANNEALS = ("cos", "linear")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TARGETS = ("inside", "authors")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -55,10 +57,17 @@ class TrainConfig(JsonConfig):
     eval_seed: seed of the held-out batches (None: the run's own seed; the same int for every
     run of a sweep evaluates all seeds on the same tokens, so cells compare pair-wise).
     save_every: updates between rolling resume checkpoints ("latest"; 0: never).
-    precision: "fp32", or "bf16" autocast (for CUDA). fused_attention: train through the model's
-    fused attention branch (training.fused_attention: the same function without the
-    [pos, pos] scores; false: the explicit branch; the saved models are the same either way). device: "auto" (CUDA when available),
-    "cpu", "cuda", "cuda:N".
+    Arithmetic (training.trainer.arithmetic; the paper's GPU runs used fp16, no scaler, TF32):
+    precision: "fp32", or "bf16" / "fp16" autocast of forward and backward on the run's
+    device, CPU included (the weights, AdamW and the loss stay float32); grad_scaler: dynamic
+    loss scaling (torch.amp.GradScaler; needs bf16 or fp16); tf32: TF32 matmuls (CUDA only).
+    targets: "inside" (each training sequence is seq_len tokens, its seq_len - 1 next tokens
+    are the targets) or "authors" (seq_len + 1 tokens are sampled, the model reads the first
+    seq_len and predicts all seq_len next tokens, as the paper's code: 1025 sampled, 1024
+    predicted); evaluation is the same either way. fused_attention: train through the
+    model's fused attention branch (training.fused_attention: the same function without the
+    [pos, pos] scores; false: the explicit branch; the saved models are the same either way).
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
     """
 
     config_name = "train config"
@@ -83,6 +92,9 @@ class TrainConfig(JsonConfig):
     checkpoints_per_octave: int = 1
     save_every: int = 50
     precision: str = "fp32"
+    grad_scaler: bool = False
+    tf32: bool = False
+    targets: str = "inside"
     fused_attention: bool = True
     device: str = "auto"
 
@@ -96,6 +108,14 @@ class TrainConfig(JsonConfig):
             _positive_int(name, getattr(self, name))
         _positive_int("seq_len", self.seq_len, 2)
         _positive_int("checkpoints_per_octave", self.checkpoints_per_octave, 0)
+        for name, cap in (
+            ("iters", limits.MAX_ITERS),
+            ("batch", limits.MAX_BATCH),
+            ("seq_len", limits.MAX_N_CTX),
+            ("eval_batches", limits.MAX_EVAL_BATCHES),
+            ("checkpoints_per_octave", limits.MAX_CHECKPOINTS_PER_OCTAVE),
+        ):
+            limits.check_cap(name, getattr(self, name), cap)
         _positive_int("save_every", self.save_every, 0)
         if self.eval_seed is not None:
             _positive_int("eval_seed", self.eval_seed, 0)
@@ -122,6 +142,16 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"fused_attention must be true or false, got {self.fused_attention!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("grad_scaler", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.grad_scaler and self.precision == "fp32":
+            raise ValueError(
+                "grad_scaler needs precision bf16 or fp16 (a loss scaler guards low-precision "
+                "gradients; fp32 has none)"
+            )
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
         if not isinstance(self.device, str) or not re.fullmatch(
             r"auto|cpu|cuda(:\d+)?", self.device
         ):
@@ -133,6 +163,16 @@ class TrainConfig(JsonConfig):
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq_len
+
+    @property
+    def sample_len(self) -> int:
+        """Tokens sampled per training sequence: seq_len, or seq_len + 1 (targets "authors")."""
+        return self.seq_len + (self.targets == "authors")
+
+    @property
+    def targets_per_sequence(self) -> int:
+        """Next-token targets per training sequence: seq_len - 1, or seq_len ("authors")."""
+        return self.sample_len - 1
 
     def checkpoint_steps(self) -> list[int]:
         """Steps with a kept checkpoint: 0 and log-spaced steps (checkpoints_per_octave per

@@ -7,7 +7,8 @@ and pays H(pi). For a binary chain with p = P(1|0), q = P(0|1) (docs/theory.md s
     pi = (q, p) / (p + q),   entropy rate = (q h(p) + p h(q)) / (p + q),   unigram = h(pi_1).
 
 In-context chains have no single kernel; ``in_context_losses`` estimates the losses of the
-uniform, in-context unigram/bigram, Bayes and oracle predictors by Monte Carlo.
+uniform, in-context unigram/bigram, Bayes and oracle predictors by Monte Carlo, and
+``in_context_references`` names the four an in-context run is judged against.
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ def in_context_losses(
     Each entry has per-position means and standard errors (``per_position``,
     ``per_position_se``; index 0 is n = 1) and ``mean``, ``se``: the mean over positions
     and its SE across sequences (sequences are independent, positions are not).
+    ``order_losses`` [L_0..L_k]: mean losses of the add-alpha order-j estimators (alpha of the
+    chain; L_0 the add-alpha unigram, L_k = "bayes"). ``add_alpha_is_bayes``: whether "bayes"
+    is the exact posterior predictive (``InContextChain.add_alpha_is_bayes``; otherwise it is
+    only the add-alpha estimator). Sequences are drawn one kernel each: every sequence has
+    the same law whatever the chain's ``group_size``, and independent draws keep the SE right.
 
     The published numbers (docs/theory.md section 2; S = 2, 101 tokens: 0.693 / 0.577 /
     0.511 / 0.481; S = 3: 1.099 / 1.004 / 0.886 / 0.819) are reproduced within the error of 20k sequences with
@@ -184,9 +190,11 @@ def in_context_losses(
     total = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     total_sq = {n: torch.zeros(length - 1, dtype=torch.float64) for n in names}
     seq_means = {n: [] for n in names}
+    order_sums = [0.0] * (k + 1)
+    single = chain.per_sequence()  # the same law of each sequence, independent draws
     for start in range(0, n_sequences, chunk):
         batch = min(chunk, n_sequences - start)
-        tokens, kernels = chain.sample(batch, length, generator=gen, return_kernels=True)
+        tokens, kernels = single.sample(batch, length, generator=gen, return_kernels=True)
         targets = tokens[:, 1:]
         bigram = add_pseudocount_probs(tokens, S, k, beta)
         probs = {
@@ -201,6 +209,15 @@ def in_context_losses(
             total[n] += loss.sum(0)
             total_sq[n] += (loss**2).sum(0)
             seq_means[n].append(loss.mean(1))
+        for j in range(k + 1):
+            if j == k:
+                loss = losses["bayes"]
+            elif j == 0 and beta == chain.alpha:
+                loss = losses["unigram"]
+            else:
+                p = add_pseudocount_probs(tokens, S, j, chain.alpha)
+                loss = cross_entropy_of(p[:, :-1], targets)
+            order_sums[j] += float(loss.sum())
     out = {
         "chain": chain.to_dict(),
         "length": length,
@@ -209,6 +226,8 @@ def in_context_losses(
         "beta": beta,
         "units": "nats",
         "positions": f"predict x_(n+1) from x_1..x_n for n = 1..{length - 1}",
+        "add_alpha_is_bayes": chain.add_alpha_is_bayes,
+        "order_losses": [x / (n_sequences * (length - 1)) for x in order_sums],
     }
     N = n_sequences
     for n in names:
@@ -222,3 +241,50 @@ def in_context_losses(
             "per_position_se": se.tolist(),
         }
     return out
+
+
+IN_CONTEXT_REFERENCES = ("add_alpha", "in_context_unigram", "uniform", "oracle")
+
+
+def in_context_references(
+    chain: InContextChain, length: int, n_sequences: int = 20_000, seed: int = 0
+) -> dict:
+    """The four references of an in-context run, nats (Monte Carlo, ``in_context_losses`` with
+    beta = alpha: means over the predictions of x_2..x_length), as a JSON-able dict.
+
+    ``losses`` and ``se`` map IN_CONTEXT_REFERENCES to mean losses and their SEs: "add_alpha"
+    (the add-alpha order-k estimator (c(ctx, s) + alpha) / (c(ctx) + S alpha) of the sequence's
+    counts so far: the optimal predictor, Bayes under independent Dirichlet(alpha) rows and
+    uniform first tokens), "in_context_unigram" (add-alpha token counts), "uniform" (ln S) and
+    "oracle" (knows the sequence's kernel). ``labels`` names them; where the add-alpha
+    predictor is not Bayes (doubly stochastic prior, init="stationary":
+    ``add_alpha_is_bayes`` false) its label says "add-alpha", not "Bayes". ``order_losses``:
+    the add-alpha order-j losses, j = 0..k.
+    """
+    ic = in_context_losses(
+        chain, length=length, n_sequences=n_sequences, seed=seed, beta=chain.alpha
+    )
+    bayes = ic["add_alpha_is_bayes"]
+    why = "doubly stochastic prior" if chain.doubly_stochastic else "stationary first tokens"
+    keys = {
+        "add_alpha": "bayes",
+        "in_context_unigram": "unigram",
+        "uniform": "uniform",
+        "oracle": "oracle",
+    }
+    return {
+        "losses": {name: ic[key]["mean"] for name, key in keys.items()},
+        "se": {name: ic[key]["se"] for name, key in keys.items()},
+        "labels": {
+            "add_alpha": "optimal (add-alpha, Bayes)" if bayes else f"add-alpha (not Bayes: {why})",
+            "in_context_unigram": "in-context unigram (add-alpha)",
+            "uniform": "uniform",
+            "oracle": "oracle (knows the kernel)",
+        },
+        "add_alpha_is_bayes": bayes,
+        "order_losses": ic["order_losses"],
+        "length": length,
+        "n_sequences": n_sequences,
+        "seed": seed,
+        "units": "nats",
+    }

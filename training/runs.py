@@ -17,9 +17,11 @@ A run is *finished* when summary.json exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,16 +54,48 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` (hidden, same suffix, so writers that read the format
+    from it still do) to write in the block; renamed onto ``path`` when the block ends, and
+    removed if it raises: ``path`` is whole or absent, never half-written, and a failed write
+    leaves nothing behind. Every output file of the package is written through it.
+    ``path`` must be absent or a regular file (ValueError for a device such as /dev/full or
+    a directory: a rename would replace them)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{path} is {kind}; an output must be a regular file")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_path``, synced to disk."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def savefig_atomic(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``fig.savefig(path, **kwargs)`` (a matplotlib figure) through ``atomic_path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return Path(path)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write `obj` as JSON to `path` via a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 SUMMARY_NUMBERS = (
@@ -168,6 +202,8 @@ class Run:
             raise FileNotFoundError(f"run {self.path} has no checkpoints yet")
         if step is None:
             step = steps[-1]
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"step must be an integer (a checkpoint step), got {step!r}")
         if step not in steps:
             raise ValueError(f"run {self.path} has no checkpoint at step {step}; it has {steps}")
         return self.path / CHECKPOINTS / step_dir_name(step)
@@ -180,7 +216,10 @@ class Run:
         from training.checkpoints import load_checkpoint
 
         return load_checkpoint(
-            self.checkpoint_path(step), device=device, expected_config=self.model_config
+            self.checkpoint_path(step),
+            device=device,
+            expected_config=self.model_config,
+            expected_chain=self.chain.to_dict(),
         )
 
     def metrics(self) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -170,10 +171,22 @@ def ensemble_logits(
 
 
 def member_losses(
-    logits: Float[Tensor, "member batch pos d_vocab"], tokens: Int[Tensor, "member batch pos"]
+    logits: Float[Tensor, "member batch pos d_vocab"], tokens: Int[Tensor, "member batch tokens"]
 ) -> Float[Tensor, " member"]:
-    """Each member's mean next-token cross-entropy (nats), as trainer's training loss."""
+    """Each member's mean next-token cross-entropy (nats), as trainer's training loss.
+
+    tokens: the model's input (tokens = pos: the last position has no target, pos - 1
+    targets per sequence) or the input and the next token (tokens = pos + 1: every position
+    predicts one, the paper code's count, TrainConfig.targets "authors")."""
     M, B, N, V = logits.shape
+    if tokens.shape[-1] == N + 1:
+        targets = tokens[..., 1:].reshape(-1)
+        per_token = F.cross_entropy(logits.reshape(-1, V), targets, reduction="none")
+        return per_token.view(M, B * N).mean(-1)
+    if tokens.shape[-1] != N:
+        raise ValueError(
+            f"{tokens.shape[-1]} tokens per sequence for {N} logits: need {N} or {N + 1}"
+        )
     per_token = per_token_loss(logits.reshape(M * B, N, V), tokens.reshape(M * B, N))
     return per_token.view(M, B * (N - 1)).mean(-1)
 

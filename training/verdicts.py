@@ -1,7 +1,8 @@
 """Did a run learn the kernel ("bigram"), the marginal ("unigram"), or neither? And the plateau.
 
 Two reference losses bracket every run (nats): the optimal loss L* (fixed chains: the entropy
-rate, i.e. the optimal order-k predictor; in-context chains: the in-context Bayes loss) and
+rate, i.e. the optimal order-k predictor; in-context chains: the loss of the add-alpha order-k
+estimator of the sequence's counts, the Bayes loss under independent Dirichlet(alpha) rows) and
 the unigram loss L_u (fixed chains: H(pi); in-context chains: the in-context add-alpha
 unigram loss). gap = L_u - L* > 0. Measured on the fixed evaluation batches:
 
@@ -28,8 +29,10 @@ otherwise "neither" (with a verdict_reason when only c kept it from "unigram"). 
 coincide (p + q = 1: an i.i.d. chain) and the verdict is "bigram" when KL <= 1e-3, else
 "neither".
 
-Order reached (fixed chains of order k; L_j = order_losses[j], the best loss from the last j
-tokens, L_0 = H(pi), L_k = L*): the excess over the order-j predictor is e_j = KL - (L_j - L_k)
+Order reached (chains of order k; L_j = order_losses[j], the best loss from the last j
+tokens, L_0 = H(pi), L_k = L*; in-context chains: L_j = the add-alpha order-j estimator's loss,
+L_0 the in-context unigram, L_k the add-alpha optimum): the excess over the order-j predictor
+is e_j = KL - (L_j - L_k)
 (in expectation the model's loss minus L_j; negative when the model does better). Order j >= 1
 is reached when -0.2 (L_j - L_{j+1}) <= e_j <= 0.2 (L_{j-1} - L_j) (bigram_max_excess: within
 20% of the step order j adds, and not 20% of the next step beyond it), order 0 (the marginal)
@@ -38,6 +41,16 @@ nats are not told apart from the order below (their steps are merged). The run i
 with the highest order reached: "order-k (optimal)", "order-j", "marginal", or "neither". For k >= 2,
 "bigram" also requires order k: a first-order predictor on a full-history order-2 chain
 (about 10% of the gap above L*, within the 0.2 rule) is "neither", labelled "order-1".
+
+Converged, and a sample large enough (``summarise_metrics``): "unigram" is a claim about where
+training ends (a stationary point), so it also needs the approach to be over: the relative
+measures r and u of the last ``converged_evals`` evaluations within
+``converged_max_drift`` of the last one's. A model still moving towards the marginal (a
+30-step run: u 0.17, 0.06, 0.03 at steps 10, 20, 30) is "not converged", not "unigram".
+With the evaluation sample's size (eval_targets: predicted tokens), a sample below
+``min_eval_targets`` gives no verdict: "undecided" (r's sampling error there is of the order
+of its thresholds: its per-token values on p=0.5, q=0.8 have a standard deviation of about
+0.5, so 200 tokens put one standard error near 0.04).
 
 Plateau (docs/theory.md section 3): ``plateau_exit_step`` is the first evaluated step with
 r < 1/2 (eval loss below the midpoint of L* and L_u) after an evaluation with r >= 1/2, None
@@ -57,7 +70,7 @@ from typing import Any
 
 from training.stats import finite
 
-VERDICTS = ("bigram", "unigram", "neither")
+VERDICTS = ("bigram", "unigram", "neither", "not converged", "undecided")
 
 
 @dataclass
@@ -72,6 +85,9 @@ class VerdictRule:
     near_unigram: float = 0.1
     min_gap: float = 1e-4
     degenerate_max_kl: float = 1e-3
+    converged_evals: int = 3
+    converged_max_drift: float = 0.05
+    min_eval_targets: int = 200
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -227,14 +243,40 @@ def order_reached(
     return {"order_excess": excess, "order_reached": reached, "order_label": label}
 
 
+def converged(metrics: list[dict[str, Any]], rule: VerdictRule | None = None) -> str | None:
+    """None when the last ``converged_evals`` records have r and u within
+    ``converged_max_drift`` of the last one's (or there is one record: a fixed predictor,
+    not a trajectory), else the reason they do not (module)."""
+    rule = rule or VerdictRule()
+    window = metrics[-rule.converged_evals :]
+    if len(window) < 2:  # one record: a fixed predictor, not a trajectory
+        return None
+    for key, name in (("rel_excess", "r"), ("rel_unigram", "u")):
+        values = [m.get(key) for m in window]
+        if not all(finite(v) for v in values):
+            continue
+        drift = max(abs(v - values[-1]) for v in values)
+        if drift > rule.converged_max_drift:
+            steps = ", ".join(str(m["step"]) for m in window)
+            trail = ", ".join(f"{v:.3g}" for v in values)
+            return (
+                f"still moving: {name} = {trail} at steps {steps} (drift {drift:.3g} > "
+                f"{rule.converged_max_drift}); train longer before calling it unigram"
+            )
+    return None
+
+
 def summarise_metrics(
     metrics: list[dict[str, Any]],
     gap: float,
     rule: VerdictRule | None = None,
     order_losses: list[float] | None = None,
+    eval_targets: int | None = None,
 ) -> dict[str, Any]:
     """Verdict and plateau statistics from a run's metric records (each with step, kl,
-    rel_excess, rel_unigram, dependence). The verdict uses the last record. With the chain's
+    rel_excess, rel_unigram, dependence). The verdict uses the last record; "unigram" also
+    needs ``converged`` ("not converged" otherwise), and an evaluation sample of
+    eval_targets < min_eval_targets predicted tokens gives "undecided". With the chain's
     order_losses (fixed chains), also the order reached (order_reached); for order >= 2,
     "bigram" then needs the optimal order."""
     rule = rule or VerdictRule()
@@ -250,6 +292,18 @@ def summarise_metrics(
         rule=rule,
         context_dependence=last.get("context_dependence"),
     )
+    if label == "unigram":
+        still = converged(metrics, rule)
+        if still is not None:
+            label, reason = "not converged", still
+    if eval_targets is not None and eval_targets < rule.min_eval_targets:
+        label, reason = (
+            "undecided",
+            (
+                f"the evaluation sample has {eval_targets} predicted tokens, fewer than the "
+                f"{rule.min_eval_targets} a verdict needs (raise eval_batches or batch)"
+            ),
+        )
     out = {"verdict": label}
     if reason:
         out["verdict_reason"] = reason

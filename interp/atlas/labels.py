@@ -18,6 +18,14 @@ it stored in the weights or estimated in context? Rules fixed before any atlas w
    Where two qualify (shares of opposite sign can exceed 1), the larger share wins.
 4. `` (in-context)`` is appended when the in-context index on other chains of the family is
    >= IN_CONTEXT: the model tracks the in-context estimate, not its training kernel.
+5. ``in-context (induction)`` (``induction_label``, from ``interp.circuits.induction_circuit``'s
+   numbers): a previous-token head (previous-token excess >= INDUCTION_PREVIOUS_TOKEN) in an
+   earlier layer than the matching head feeds that head's key: path patching the sender ->
+   receiver-key path from a shuffled sequence (previous-token alignment broken, token counts
+   kept) removes >= INDUCTION_PATH_REMOVED of the in-context dependence (the model's log-prob
+   gain over the in-context unigram estimate, which must be >= INDUCTION_MIN_DEPENDENCE nats
+   per token on the clean run); and the matching head's attention-to-match exceeds its shuffled
+   chance by >= INDUCTION_MATCH_MARGIN.
 """
 
 from __future__ import annotations
@@ -38,6 +46,17 @@ THRESHOLDS = {
     "carrier_share": CARRIER_SHARE,
     "necessary": NECESSARY,
     "in_context": IN_CONTEXT,
+}
+INDUCTION = "in-context (induction)"
+INDUCTION_PREVIOUS_TOKEN = 0.2  # previous-token excess of the sender head over its shuffled chance
+INDUCTION_MATCH_MARGIN = 0.2  # attention-to-match of the matching head minus its shuffled chance
+INDUCTION_PATH_REMOVED = 0.5  # fraction of the in-context dependence the key path carries: "most"
+INDUCTION_MIN_DEPENDENCE = 0.01  # nats/token: below this there is no dependence to remove
+INDUCTION_THRESHOLDS = {
+    "previous_token": INDUCTION_PREVIOUS_TOKEN,
+    "match_margin": INDUCTION_MATCH_MARGIN,
+    "path_removed": INDUCTION_PATH_REMOVED,
+    "min_dependence": INDUCTION_MIN_DEPENDENCE,
 }
 CARRIERS = ("attention", "mlp", "direct", "distributed")
 CARRIER_WORDS = {"attention": "attention", "mlp": "MLP", "direct": "embedding/direct"}
@@ -81,7 +100,19 @@ def carrier_of(lag: dict[str, Any]) -> str:
 
 
 def atlas_label(measurement: dict[str, Any], summary: dict[str, Any] | None = None) -> dict:
-    """{"label", "carrier", "reached", "in_context", "main_lag"} by the module's rules."""
+    """{"label", "carrier", "reached", "in_context", "main_lag", "induction"} by the module's
+    rules: the label is INDUCTION where the measurement's ``circuit`` (in-context chains:
+    interp.atlas.measure) passes rule 5, else that of rules 1-4."""
+    out = _kernel_label(measurement, summary)
+    circuit = (measurement.get("circuit") or {}).get("label") or {}
+    out["induction"] = bool(circuit.get("holds"))
+    if out["induction"]:
+        out["label"] = INDUCTION
+    return out
+
+
+def _kernel_label(measurement: dict[str, Any], summary: dict[str, Any] | None) -> dict:
+    """Rules 1-4."""
     lags = read_lags(measurement["lags"])
     index = measurement.get("transfer", {}).get("mean", {}).get("in_context_index")
     in_context = finite(index) and index >= IN_CONTEXT
@@ -123,3 +154,25 @@ def atlas_label(measurement: dict[str, Any], summary: dict[str, Any] | None = No
         "in_context": in_context,
         "main_lag": main["lag"],
     }
+
+
+def induction_label(numbers: dict[str, Any]) -> dict:
+    """Rule 5: {"label": INDUCTION or None, "holds", "checks": {name: bool}} from the keys
+    previous_token_layer, matching_layer (None without such heads), previous_token_excess,
+    match_excess, dependence (nats/token) and path_removed (fractions); a missing or non-finite
+    number fails its check."""
+
+    def at_least(key: str, threshold: float) -> bool:
+        v = numbers.get(key)
+        return finite(v) and v >= threshold
+
+    prev, match = numbers.get("previous_token_layer"), numbers.get("matching_layer")
+    checks = {
+        "earlier_layer": prev is not None and match is not None and prev < match,
+        "previous_token": at_least("previous_token_excess", INDUCTION_PREVIOUS_TOKEN),
+        "match": at_least("match_excess", INDUCTION_MATCH_MARGIN),
+        "dependence": at_least("dependence", INDUCTION_MIN_DEPENDENCE),
+        "path": at_least("path_removed", INDUCTION_PATH_REMOVED),
+    }
+    holds = all(checks.values())
+    return {"label": INDUCTION if holds else None, "holds": holds, "checks": checks}

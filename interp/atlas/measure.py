@@ -27,6 +27,11 @@ add-alpha for in-context chains). d_w, d_c = mean KL(reference || model) over po
 N/4..N-2; ``in_context_index`` = d_w / (d_w + d_c): 0 for a model that keeps predicting its
 training kernel, 1 for one that tracks the in-context estimate. Losses against the true test
 kernel of the model and of both references are reported too (nats).
+
+``circuit`` (in-context chains only): ``interp.circuits.induction_circuit`` on
+``INDUCTION_SEQS`` (at most ``n_seqs``) sequences of the training chain: head scores, path
+patching into the matching head, composition, the add-beta fit and the ``in-context
+(induction)`` rule (interp.atlas.labels rule 5), as its JSON-able dict.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ TRANSFER_PQ = ((0.1, 0.6), (0.6, 0.1), (0.8, 0.9), (0.35, 0.35))
 TRANSFER_SEEDS = (1000, 1001, 1002, 1003)
 PROBE_TARGETS = ("x_n", "x_n-1", "next_prob", "icl_unigram", "icl_bigram")
 MAX_OFFSET = 8
+INDUCTION_SEQS = 64  # sequences for induction_circuit (path patching sweeps every sender)
 
 
 @dataclass
@@ -306,6 +312,20 @@ def heads(model: MarkovTransformer, chain: MarkovChain, n_seqs: int, n: int, see
     }
 
 
+# ------------------------------------------------------------------------------ induction
+
+
+def induction(
+    model: MarkovTransformer, chain: InContextChain, n_seqs: int, n: int, seed: int
+) -> dict[str, Any]:
+    """``induction_circuit`` on ``n_seqs`` sequences of ``n`` tokens of ``chain`` (order
+    ``chain.order``), as its JSON-able dict (module doc)."""
+    from interp.circuits import induction_circuit
+
+    tokens = chain.sample(n_seqs, n, generator=torch.Generator().manual_seed(seed + 29))
+    return induction_circuit(model, tokens, order=chain.order, seed=seed).to_dict()
+
+
 # --------------------------------------------------------------------------------- probes
 
 
@@ -364,6 +384,9 @@ def measure_model(
         "transfer": transfer(model, chain, config.n_seqs, n, config.seed),
         "heads": heads(model, chain, min(config.n_seqs, 64), n, config.seed),
     }
+    if isinstance(chain, InContextChain):
+        k = min(config.n_seqs, INDUCTION_SEQS)
+        out["circuit"] = induction(model, chain, k, n, config.seed)
     if config.probes:
         out["probes"] = probe_summary(model, chain, n, config)
     return out

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from interp.atlas.tables import AXES, CARRIER_NAMES, CARRIER_ORDER
+from training.runs import savefig_atomic
 
 COLOURS = {
     "attention": "#1f77b4",
@@ -181,6 +182,6 @@ def write_figures(out: Path, rows: list[dict], cells: list[dict]) -> dict[str, P
         ("timeline", plot_timeline(rows)),
     ):
         path = Path(out) / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        savefig_atomic(fig, path, dpi=110)
         files[name] = path
     return files

@@ -18,12 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from interp.atlas.grid import chain_name
-from interp.atlas.labels import THRESHOLDS, atlas_label, main_lag, mean_shares
+from interp.atlas.labels import (
+    INDUCTION_THRESHOLDS,
+    THRESHOLDS,
+    atlas_label,
+    main_lag,
+    mean_shares,
+)
 from interp.atlas.measure import PROBE_TARGETS, AtlasConfig, measure_model, timeline
 
 ATLAS_JSON = "atlas.json"
 MECHANISM_RHO = 0.5  # timeline: the mechanism is in place once |rho| >= this ...
 MECHANISM_SHARE = 0.5  # ... and the final carrier's noising share >= this
+CIRCUIT_COLUMNS = (  # atlas.csv columns circuit_* of in-context runs (induction_circuit)
+    "previous_token_excess",
+    "match_excess",
+    "dependence",
+    "path_removed",
+)
 
 
 def measure_run(run_dir: str | os.PathLike, config: AtlasConfig | None = None) -> dict:
@@ -39,7 +51,10 @@ def measure_run(run_dir: str | os.PathLike, config: AtlasConfig | None = None) -
     model = run.model()
     measurement = measure_model(model, run.chain, config, run.train_config.seq_len)
     label = atlas_label(measurement, summary)
-    record = {"config": config.to_dict(), "thresholds": THRESHOLDS} | measurement | label
+    thresholds = THRESHOLDS | (
+        {"induction": INDUCTION_THRESHOLDS} if "circuit" in measurement else {}
+    )
+    record = {"config": config.to_dict(), "thresholds": thresholds} | measurement | label
     if config.timeline and label["main_lag"] is not None:
         record["timeline"] = timeline(run, config, label["main_lag"])
         record["mechanism_step"] = mechanism_step(record["timeline"], label["carrier"])
@@ -125,6 +140,11 @@ def flatten(record: dict) -> dict[str, Any]:
     out["induction_excess"] = _num(heads.get("induction_excess_max"))
     for k, v in enumerate(heads.get("kback_excess_max") or [], 1):
         out[f"kback{k}_excess"] = _num(v)
+    circuit = record.get("circuit")
+    if circuit is not None:  # in-context chains: induction_circuit's numbers
+        out["induction"] = record.get("induction", False)
+        for key in CIRCUIT_COLUMNS:
+            out[f"circuit_{key}"] = _num(circuit.get(key))
     best = (record.get("probes") or {}).get("best") or {}
     for target in PROBE_TARGETS:
         for group in ("attn", "mlp", "resid"):

@@ -16,6 +16,7 @@ from typing import Any
 
 from interp.atlas.claims import check_claims
 from interp.atlas.labels import THRESHOLDS
+from training.runs import write_text_atomic
 from training.stats import bootstrap_interval, finite, fmt_fraction, fmt_interval, wilson_interval
 from training.sweeps import markdown_table, write_csv
 
@@ -189,6 +190,6 @@ def write_tables(
         "cells_csv": write_csv(out / "cells.csv", cells),
     }
     md = out / "atlas.md"
-    md.write_text(atlas_markdown(rows, cells, settings, wall))
+    write_text_atomic(md, atlas_markdown(rows, cells, settings, wall))
     files["atlas_md"] = md
     return files

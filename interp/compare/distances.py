@@ -3,6 +3,13 @@
 Parameters go by their HookedTransformer names (``named_weights``: ``unembed.W_U`` listed for
 tied models too); ``parameter_distances`` gives per-parameter, per-module and total norms of
 the difference, relative distances and cosines, or says why the shapes do not match.
+
+The distances compare the parameters as they are, coordinate by coordinate: they do not
+align the model's symmetries (``ignored_symmetries`` lists those of a configuration), so two
+models computing the same function can be far apart (two seeds, say, with their heads in
+another order). The total leaves the LayerNorm weights out and reports them on their own:
+they start at 1 and mostly stay near it, so in a total they make any two models look alike
+(cosine near 1) whatever their other weights.
 """
 
 from __future__ import annotations
@@ -17,6 +24,42 @@ from jaxtyping import Float
 from torch import Tensor
 
 from training.model import MarkovTransformer
+
+
+def is_layernorm(name: str) -> bool:
+    """A LayerNorm (or RMSNorm) parameter: blocks.{l}.ln1.w, blocks.{l}.ln2.b, ln_final.w."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-2].startswith("ln")
+
+
+def ignored_symmetries(model: MarkovTransformer) -> list[str]:
+    """The reparametrisations of ``model`` that leave its function unchanged and that the
+    parameter distances do not align (each moves the parameters, not the outputs)."""
+    cfg = model.cfg
+    out = []
+    if cfg.n_heads > 1:
+        out.append(f"the order of the {cfg.n_heads} heads within a layer")
+    out += [
+        "W_Q -> W_Q M, W_K -> W_K M^-T for any invertible d_head x d_head M per head "
+        "(rotations, signs, scales: only W_Q W_K^T matters)",
+        "W_V -> W_V M, W_O -> M^-1 W_O per head (only W_V W_O matters)",
+    ]
+    if not cfg.attn_only:
+        out.append(f"the order of the MLP's {cfg.d_mlp} hidden units (W_in columns, W_out rows)")
+    if cfg.normalization_type in ("LN", "RMS"):
+        out.append(
+            "the order of the d_model residual coordinates (every matrix and LayerNorm weight "
+            "permuted together)"
+        )
+        readers = ["ln1: W_Q, W_K, W_V"] + ([] if cfg.attn_only else ["ln2: W_in"])
+        readers += [] if cfg.tie_embeddings else ["ln_final: W_U"]  # tied: W_U is W_E
+        out.append(
+            "a LayerNorm weight (and bias) times c != 0 per coordinate, the matrix rows reading "
+            f"it divided by c ({'; '.join(readers)})"
+        )
+    if cfg.unembed_bias:
+        out.append("a constant added to every entry of b_U (the softmax ignores it)")
+    return out
 
 
 def named_weights(model: MarkovTransformer) -> dict[str, Float[Tensor, "..."]]:
@@ -36,8 +79,10 @@ class ParameterDistances:
     relative = ||A - B|| / (||A|| + ||B||) in [0, 1] (0: equal, 1: B = -cA), cosine of the
     flattened tensors. groups: the same per module (the name without its last part: embed,
     pos_embed, blocks.0.attn, blocks.0.mlp, blocks.0.ln1, ..., unembed), all its parameters
-    together. total: all rows together. comparable is False (rows empty) when the names or
-    shapes differ; ``reason`` says which.
+    together. total: every parameter but the LayerNorm ones together; layernorm: the
+    LayerNorm parameters together (None when the model has none). symmetries: what the
+    distances do not align (``ignored_symmetries``, of model A). comparable is False (rows
+    empty) when the names or shapes differ; ``reason`` says which.
     """
 
     rows: list[dict[str, Any]]
@@ -45,6 +90,8 @@ class ParameterDistances:
     comparable: bool
     reason: str | None = None
     groups: list[dict[str, Any]] = field(default_factory=list)
+    layernorm: dict[str, float] | None = None
+    symmetries: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +157,13 @@ def parameter_distances(
     groups = [
         {"group": g, "parameters": names} | _distance(*flat(names)) for g, names in modules.items()
     ]
+    norms = [n for n in wa if is_layernorm(n)]
+    rest = [n for n in wa if not is_layernorm(n)]
     return ParameterDistances(
-        rows=rows, total=_distance(*flat(list(wa))), comparable=True, groups=groups
+        rows=rows,
+        total=_distance(*flat(rest)),
+        comparable=True,
+        groups=groups,
+        layernorm=_distance(*flat(norms)) | {"parameters": norms} if norms else None,
+        symmetries=ignored_symmetries(model_a),
     )

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
+from training.runs import savefig_atomic, write_text_atomic
+
 
 def json_float(v: Any) -> Any:
     """`v`, or None for a non-finite float (JSON has no nan or inf)."""
@@ -59,9 +61,9 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=dpi, bbox_inches="tight")
+        savefig_atomic(fig, out / name, dpi=dpi, bbox_inches="tight")
         written[name] = out / name
     for name, text in texts.items():
-        (out / name).write_text(text, encoding="utf-8")
+        write_text_atomic(out / name, text)
         written[name] = out / name
     return written

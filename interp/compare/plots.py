@@ -526,6 +526,10 @@ def comparison_markdown(cmp, figure_names: list[str] | None = None) -> str:
         lines.append(md_table(["hook point", "CKA(A, B)"], [[k, v] for k, v in per.items()]))
     else:
         lines.append("The models share no hook point; see cka.png for every pair.")
+    for name, reason in cmp.cka.undefined.items():
+        lines.append(f"\nCKA undefined (nan) for {name}: {reason}.")
+    for note in cmp.cka.notes:
+        lines.append(f"\nNote: {note}.")
     if cmp.probe_rows:
         lines += ["", "## Probes (held-out score; random-model score in brackets)", ""]
         keyed = {(r["run"], r["component"], r["target"]): r for r in cmp.probe_rows}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from interp.landscape.spectrum import HessianReport
+from training.runs import savefig_atomic
 
 
 def symlog_ticks(low: float, high: float, linthresh: float, n_max: int = 7) -> list[float]:
@@ -115,5 +116,5 @@ def plot_grid(rows: list[dict[str, Any]], path=None):
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.text(0.01, 0.01, "min* = local minimum up to flat directions", fontsize=7)
     if path is not None:
-        fig.savefig(path, dpi=120)
+        savefig_atomic(fig, path, dpi=120)
     return fig

@@ -31,6 +31,7 @@ from interp.landscape.sample import LandscapeConfig, analysis_copy
 
 if TYPE_CHECKING:  # the model (transformer_lens) is imported where one is built
     from training.model import MarkovTransformer
+    from training.progress import Counter
 
 
 VERDICTS = (
@@ -59,7 +60,9 @@ class HessianReport:
     out-of-sample curvature among the n_candidates lowest eigenvectors of each half (scored
     on the other half); heldout_max_curvature likewise for the highest; heldout_z: the
     Bonferroni-corrected number of standard errors a candidate needs (k_sigma for one
-    candidate). n_flat / n_negative / n_positive: eigenvalue counts inside,
+    candidate). heldout_lowest_* / heldout_top_*: the same held-out curvature along the
+    lowest / highest eigenvector itself (candidate 1 of each end), which the reason states
+    next to the most significant candidate. n_flat / n_negative / n_positive: eigenvalue counts inside,
     below and above the flat band (exact only). positive_space_split: where the curved-up
     eigenspace lives (exact only).
     """
@@ -86,6 +89,10 @@ class HessianReport:
     n_candidates: int
     verdict: str
     reason: str
+    heldout_lowest_curvature: float | None = None
+    heldout_lowest_se: float | None = None
+    heldout_top_curvature: float | None = None
+    heldout_top_se: float | None = None
     flat_band_detail: dict[str, float] | None = None
     n_flat: int | None = None
     n_negative: int | None = None
@@ -118,9 +125,12 @@ def hessian_report(
     model: MarkovTransformer,
     tokens: Int[Tensor, "n pos"],
     config: LandscapeConfig | None = None,
+    progress: Counter | None = None,
 ) -> HessianReport:
     """Hessian spectrum of the mean loss over `tokens` at the model's parameters, with the
-    sampling-error-aware verdict described in the ``interp.landscape`` package docstring."""
+    sampling-error-aware verdict described in the ``interp.landscape`` package docstring.
+    progress: a ``training.progress.Counter`` of Hessian-vector products (an exact Hessian
+    counts P), its total set here to the plan's upper bound and its phase to the step."""
     cfg = config or LandscapeConfig()
     start = time.perf_counter()
     work = analysis_copy(model, cfg.dtype)
@@ -134,14 +144,27 @@ def hessian_report(
     method = cfg.method
     if method == "auto":
         method = "exact" if P <= cfg.exact_max_params else "lanczos"
+    tick = progress.advance if progress is not None else None
+
+    def phase(name: str) -> None:
+        if progress is not None:
+            progress.phase = name
+            progress.advance(0)
+
+    if progress is not None:  # at most: spectra, noise_draws norms, the cluster band's (exact)
+        noise_iters = min(cfg.noise_iters, P)
+        spectra = 2 * P if method == "exact" else 3 * min(cfg.lanczos_iters, P)
+        cluster = 3 * cfg.noise_draws * noise_iters if method == "exact" else 0
+        progress.total = spectra + cfg.noise_draws * noise_iters + cluster
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    full = HessianOperator(work, layout, theta, tokens)
+    full = HessianOperator(work, layout, theta, tokens, on_products=tick)
     half = n // 2
     idx_a, idx_b = torch.arange(half), torch.arange(half, n)
-    ops_a = HessianOperator(work, layout, theta, tokens[:half])
+    ops_a = HessianOperator(work, layout, theta, tokens[:half], on_products=tick)
     extra: dict[str, Any] = {}
     n_hvp = 0
     if method == "exact":
+        phase("exact Hessian, full sample and one half")
         H = full.dense()
         ev, V = torch.linalg.eigh(H)
         v_min, v_max = V[:, 0], V[:, -1]
@@ -151,12 +174,13 @@ def hessian_report(
         ends_a, ends_b = (_ends(torch.linalg.eigh(M)[1], k) for M in (H_a, H_b))
         n_hvp += 2 * P
     else:
+        phase("Lanczos, full sample then each half")
         res = lanczos(full.matvec, P, cfg.lanczos_iters, generator=gen, device=theta.device)
         ev = res.values
         v_min, v_max = res.vectors[:, 0], res.vectors[:, -1]
         extra["lanczos_residual_min"] = float(res.residuals[0])
         extra["lanczos_residual_max"] = float(res.residuals[-1])
-        ops_b = HessianOperator(work, layout, theta, tokens[half:])
+        ops_b = HessianOperator(work, layout, theta, tokens[half:], on_products=tick)
         halves = [
             lanczos(op.matvec, P, cfg.lanczos_iters, generator=gen, device=theta.device)
             for op in (ops_a, ops_b)
@@ -168,10 +192,11 @@ def hessian_report(
     # generator, so that the estimate does not depend on the method).
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     norms, weights = [], []
-    for _ in range(cfg.noise_draws):
+    for draw in range(cfg.noise_draws):
+        phase(f"sampling noise, draw {draw + 1}/{cfg.noise_draws}")
         eps = torch.randint(0, 2, (n,), generator=gen).to(theta) * 2 - 1
         weights.append((eps - eps.mean()) / n)
-        noise = HessianOperator(work, layout, theta, tokens, weights[-1])
+        noise = HessianOperator(work, layout, theta, tokens, weights[-1], on_products=tick)
         norms.append(
             spectral_norm(noise.matvec, P, cfg.noise_iters, generator=gen, device=theta.device)
         )
@@ -186,12 +211,13 @@ def hessian_report(
         over the whole sample, so they are not kept between the two uses)."""
         nonlocal n_hvp
         for w in weights:
-            noise = HessianOperator(work, layout, theta, tokens, w)
+            noise = HessianOperator(work, layout, theta, tokens, w, on_products=tick)
             yield noise
             n_hvp += noise.n_matvecs
 
     band, band_detail = tol, None
     if method == "exact":
+        phase("flat band of the eigenvalue cluster")
         band, band_detail = flat_cluster_band(ev, V, same_draws(), tol, cfg, gen)
     # Out-of-sample curvature along each half's k lowest (highest) eigenvectors, scored on
     # the other half; k candidates per side, so the threshold is Bonferroni-corrected.
@@ -199,7 +225,8 @@ def hessian_report(
     # Exactly flat directions give curvatures of rounding size (~1e-16) with rounding-size
     # spreads; a floor at 1000 ulps of the spectrum's scale keeps them from counting.
     numerical = 1e3 * torch.finfo(theta.dtype).eps * max(float(ev.abs().max()), noise_norm)
-    heldout = []
+    heldout, extremes = [], []
+    phase("held-out curvatures")
     for side in (0, 1):
         c_a = sequence_curvatures(work, layout, theta, tokens[idx_b], ends_a[side], cfg.batch_size)
         c_b = sequence_curvatures(work, layout, theta, tokens[idx_a], ends_b[side], cfg.batch_size)
@@ -208,8 +235,10 @@ def hessian_report(
         se = (se**2 + numerical**2).sqrt()
         t = mean / se.clamp_min(1e-300)
         j = int(t.argmin()) if side == 0 else int(t.argmax())
-        heldout.append((float(mean[j]), float(se[j])))
-    (ho_min, ho_min_se), (ho_max, ho_max_se) = heldout
+        heldout.append((float(mean[j]), float(se[j]), j))
+        extremes.append((float(mean[0]), float(se[0])))  # candidate 0: the extreme eigenvector
+        phase(f"held-out curvatures, {('lowest', 'highest')[side]} end done")
+    (ho_min, ho_min_se, j_min), (ho_max, ho_max_se, j_max) = heldout
     _, se_min = _mean_se(sequence_curvatures(work, layout, theta, tokens, v_min, cfg.batch_size))
     _, se_max = _mean_se(sequence_curvatures(work, layout, theta, tokens, v_max, cfg.batch_size))
     if method == "exact":
@@ -230,6 +259,9 @@ def hessian_report(
         (ho_max, ho_max_se),
         z,
         extra.get("lanczos_residual_min"),
+        n_cand=k,
+        ranks=(j_min, j_max),
+        top=extremes[1],
     )
     return HessianReport(
         method=method,
@@ -252,6 +284,10 @@ def hessian_report(
         heldout_max_se=ho_max_se,
         heldout_z=z,
         n_candidates=k,
+        heldout_lowest_curvature=extremes[0][0],
+        heldout_lowest_se=extremes[0][1],
+        heldout_top_curvature=extremes[1][0],
+        heldout_top_se=extremes[1][1],
         verdict=verdict,
         reason=reason,
         n_hvp=n_hvp,
@@ -323,11 +359,29 @@ def _verdict(
     heldout_max: tuple[float, float],
     k: float,
     residual: float | None,
+    *,
+    n_cand: int = 1,
+    ranks: tuple[int, int] = (0, 0),
+    top: tuple[float, float] | None = None,
 ) -> tuple[str, str]:
-    """The verdict from the extreme eigenvalue, the flat band and the held-out curvatures."""
+    """The verdict from the extreme eigenvalue, the flat band and the held-out curvatures
+    (the most significant of n_cand candidates per end, at 0-based ranks; top: the held-out
+    curvature along the highest eigenvector itself)."""
     (lo, lo_se), (hi, hi_se) = heldout_min, heldout_max
-    down = f"held-out curvature along the lowest eigenvector {lo:.3g} +- {lo_se:.2g}"
-    up = f"along the highest {hi:.3g} +- {hi_se:.2g}"
+    down = (
+        f"held-out curvature along the lowest eigenvector {lo:.3g} +- {lo_se:.2g}"
+        if ranks[0] == 0
+        else f"held-out curvature {lo:.3g} +- {lo_se:.2g} along eigenvector {ranks[0] + 1} "
+        f"from the bottom (the most negative of {n_cand} candidates)"
+    )
+    up = (
+        f"along the highest eigenvector {hi:.3g} +- {hi_se:.2g}"
+        if ranks[1] == 0
+        else f"along eigenvector {ranks[1] + 1} from the top {hi:.3g} +- {hi_se:.2g} (the most "
+        f"significant of {n_cand} candidates"
+        + (f"; along the highest itself {top[0]:.3g} +- {top[1]:.2g}" if top else "")
+        + ")"
+    )
     band = f"flat band +-{tol:.2g}"
     if lo + k * lo_se < 0:
         return "saddle", f"negative curvature confirmed out of sample: {down} (< -{k:.2f} SE)"

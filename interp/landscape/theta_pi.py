@@ -32,6 +32,7 @@ from training.references import entropy_rate, stationary_marginal, unigram_loss
 
 if TYPE_CHECKING:  # the model (transformer_lens) is imported where one is built
     from training.model import MarkovTransformer
+    from training.progress import Counter
 
 
 def theta_pi_of(model: MarkovTransformer, chain: MarkovChain) -> MarkovTransformer:
@@ -112,9 +113,11 @@ def theta_pi_analysis(
     model_seed: int = 0,
     device: str | torch.device | None = None,
     with_report: bool = False,
+    progress: Counter | None = None,
 ) -> dict[str, Any] | tuple[dict[str, Any], HessianReport]:
     """Everything about theta_pi for one chain and architecture, as a JSON-able dict (and the
-    HessianReport itself, with its eigenvectors, if with_report).
+    HessianReport itself, with its eigenvectors, if with_report). progress: the Hessian's
+    ``training.progress.Counter`` (``hessian_report``).
 
     Keys: chain, model, landscape (configs); loss (LossEstimate dict), unigram_loss,
     entropy_rate, loss_z ((loss - unigram)/se); gradient (GradientEstimate dict); hessian
@@ -130,7 +133,7 @@ def theta_pi_analysis(
     tokens = sample_tokens(chain, cfg.n_sequences, seq_len, cfg.seed, device)
     loss = population_loss(analysis_copy(model, cfg.dtype), tokens, cfg.batch_size)
     grad_est = population_gradient(model, tokens, cfg.n_groups, cfg.include, cfg.dtype)
-    report = hessian_report(model, tokens, cfg)
+    report = hessian_report(model, tokens, cfg, progress)
     u = unigram_loss(chain)
     binary = isinstance(chain, BinaryChain)
     proxy = None

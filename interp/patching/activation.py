@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from interp.corruptions import PatchingData
+from interp.measurement import ratio_interval
 from interp.patching.metrics import DIRECTIONS, make_metric, normalise
 from interp.patching.sweep import (
     DEFAULT_BUDGET,
@@ -32,6 +33,11 @@ class PatchingResult:
 
     raw[act]: the metric after each patch (layout ``result_axes(act)``); clean / corrupt: the
     unpatched metric on each batch; true_clean / true_corrupt: a perfect predictor's.
+    n_pairs: clean/corrupted pairs; n_changed: pairs whose input the corruption changed
+    (the effective sample: "resample" leaves some identical); ratio +- ratio_se: effect /
+    true_effect with its delta-method standard error over the pairs
+    (``interp.measurement.ratio_interval``); first_changed: the first position where any
+    pair differs (a causal model's activations before it are identical in both runs).
     """
 
     corruption: str
@@ -43,6 +49,11 @@ class PatchingResult:
     true_corrupt: float
     position: int
     raw: dict[str, Tensor] = field(default_factory=dict)
+    n_pairs: int = 0
+    n_changed: int = 0
+    ratio: float = float("nan")
+    ratio_se: float = float("nan")
+    first_changed: int = 0
 
     def normalised(self, act: str) -> Tensor:
         return normalise(self.raw[act], self.clean, self.corrupt)
@@ -66,6 +77,11 @@ class PatchingResult:
             "corrupt": self.corrupt,
             "true_clean": self.true_clean,
             "true_corrupt": self.true_corrupt,
+            "n_pairs": self.n_pairs,
+            "n_changed": self.n_changed,
+            "ratio": self.ratio,
+            "ratio_se": self.ratio_se,
+            "first_changed": self.first_changed,
             "raw": {a: v.tolist() for a, v in self.raw.items()},
             "normalised": {a: self.normalised(a).tolist() for a in self.raw},
             "axes": {a: list(result_axes(a)) for a in self.raw},
@@ -99,12 +115,12 @@ def run_patching(
     if runs is None:
         runs = cache_runs(model, data)
     (clean_logits, clean_cache), (corrupt_logits, corrupt_cache) = runs.clean, runs.corrupt
-    m_clean = float(fn(clean_logits[:, -1:]).mean())
-    m_corrupt = float(fn(corrupt_logits[:, -1:]).mean())
-    if metric == "logit_diff":
-        true_clean, true_corrupt = data.true_logit_diff()
-    else:
-        true_clean, true_corrupt = data.true_logprob()
+    per_clean, per_corrupt = fn(clean_logits[:, -1:]), fn(corrupt_logits[:, -1:])
+    m_clean, m_corrupt = float(per_clean.mean()), float(per_corrupt.mean())
+    t_clean, t_corrupt = data.true_metric(metric)
+    true_clean, true_corrupt = float(t_clean.mean()), float(t_corrupt.mean())
+    changed_at = (data.clean != data.corrupt).any(0).cpu()
+    ratio, ratio_se = ratio_interval(per_clean - per_corrupt, (t_clean - t_corrupt).to(dev))
     if direction == "denoise":
         target, target_run, source = data.corrupt, runs.corrupt, clean_cache
     else:
@@ -123,4 +139,9 @@ def run_patching(
         true_corrupt=true_corrupt,
         position=data.position,
         raw=raw,
+        n_pairs=int(data.clean.shape[0]),
+        n_changed=int(data.changed.sum()),
+        ratio=ratio,
+        ratio_se=ratio_se,
+        first_changed=int(changed_at.nonzero()[0]) if changed_at.any() else data.position,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from interp.corruptions import PatchingData
@@ -20,13 +21,27 @@ if TYPE_CHECKING:
 
 def direct_path_hooks(cfg: ModelConfig) -> set[str]:
     """The hooks ``direct_path_effects`` reads: the embedding, every layer's z and mlp_out
-    (none in attention-only models), and the final residual stream."""
-    needed = {"hook_embed", f"blocks.{cfg.n_layers - 1}.hook_resid_post"}
+    (none in attention-only models) and the positional embedding: the final residual stream
+    is rebuilt from them."""
+    needed = {"hook_embed", "hook_pos_embed"}
     for layer in range(cfg.n_layers):
         needed.add(f"blocks.{layer}.attn.hook_z")
         if not cfg.attn_only:
             needed.add(f"blocks.{layer}.hook_mlp_out")
     return needed
+
+
+def readout_logits64(
+    model: MarkovTransformer, x: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_vocab"]:
+    """ln_final then the unembedding, in float64 (the model's own weights, upcast)."""
+    x = x.double()
+    if model.cfg.normalization_type == "LN":
+        ln = model.ln_final
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt() * ln.w.double()
+        x = x + ln.b.double()  # zeros without ln_bias
+    return x @ model.W_U.double() + model.unembed.b_U.double()
 
 
 @torch.no_grad()
@@ -46,7 +61,11 @@ def direct_path_effects(
     else clean): effect E_X = M_clean - M_patched. "denoise": the corrupted final residual gets
     X's clean value, E_X = M_patched - M_corrupt. share_X = E_X / (M_clean - M_corrupt). The
     shares of all components add up to 1 up to the final LayerNorm / softmax non-linearity,
-    reported as ``additivity_gap`` = sum_X share_X - 1.
+    reported as ``additivity_gap`` = sum_X share_X - 1. The readout is computed in float64 on
+    the final residual rebuilt from the cached components (so that, without a final
+    LayerNorm, the gap is float64 rounding on every CPU, not float32 rounding of a
+    difference of large residuals; the rebuilt residual equals the model's within float32
+    rounding).
 
     runs: ``cache_runs(model, data, direct_path_hooks(model.cfg))`` if already computed (e.g.
     shared between both directions; caches with more hooks do too, but every hook takes the
@@ -65,30 +84,41 @@ def direct_path_effects(
     check_cached(clean, needed, "runs.clean")
     check_cached(corrupt, needed, "runs.corrupt")
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
 
     def at_readout(cache: dict, name: str) -> Tensor:
-        return cache[name][:, -1]
+        return cache[name][:, -1].double()
 
-    labels, diffs = ["embed"], [at_readout(source, "hook_embed") - at_readout(base, "hook_embed")]
+    def components(cache: dict) -> list[Tensor]:
+        """The final residual at the readout, one float64 [B, d] term per component."""
+        terms = [at_readout(cache, "hook_embed")]
+        for layer in range(cfg.n_layers):
+            W_O = model.blocks[layer].attn.W_O.double()
+            z = at_readout(cache, f"blocks.{layer}.attn.hook_z")  # [B, H, dh]
+            terms.extend(torch.einsum("bhe,hed->hbd", z, W_O).unbind(0))
+            if not cfg.attn_only:
+                terms.append(at_readout(cache, f"blocks.{layer}.hook_mlp_out"))
+        return terms
+
+    def readout(x: Float[Tensor, "*k batch d_model"]) -> Float[Tensor, "*k batch 1 d_vocab"]:
+        return readout_logits64(model, x)[..., None, :]
+
+    labels = ["embed"]
     for layer in range(cfg.n_layers):
-        W_O = model.blocks[layer].attn.W_O
-        z_name = f"blocks.{layer}.attn.hook_z"
-        dz = at_readout(source, z_name) - at_readout(base, z_name)  # [B, H, dh]
-        head_diff = torch.einsum("bhe,hed->hbd", dz, W_O)
-        for head in range(cfg.n_heads):
-            labels.append(f"L{layer}H{head}")
-            diffs.append(head_diff[head])
+        labels += [f"L{layer}H{head}" for head in range(cfg.n_heads)]
         if not cfg.attn_only:
-            name = f"blocks.{layer}.hook_mlp_out"
             labels.append(f"L{layer}.mlp_out")
-            diffs.append(at_readout(source, name) - at_readout(base, name))
-    resid = at_readout(base, last)  # [B, d]
+    fixed = at_readout(clean, "hook_pos_embed") + sum(
+        model.blocks[layer].attn.b_O.double() for layer in range(cfg.n_layers)
+    )
+    base_terms, source_terms = components(base), components(source)
+    diffs = [s - b for s, b in zip(source_terms, base_terms, strict=True)]
+    resid = fixed + torch.stack(base_terms).sum(0)  # [B, d]
+    resid_clean = fixed + torch.stack(components(clean)).sum(0)
+    resid_corrupt = fixed + torch.stack(components(corrupt)).sum(0)
     patched = resid[None] + torch.stack(diffs)  # [K, B, d]
-    logits = model.unembed(model.ln_final(patched))[:, :, None]  # [K, B, 1, V]
-    m_clean = float(fn(model.unembed(model.ln_final(at_readout(clean, last)))[:, None]).mean())
-    m_corrupt = float(fn(model.unembed(model.ln_final(at_readout(corrupt, last)))[:, None]).mean())
-    m_patched = fn(logits).mean(-1)
+    m_clean = float(fn(readout(resid_clean)).mean())
+    m_corrupt = float(fn(readout(resid_corrupt)).mean())
+    m_patched = fn(readout(patched)).mean(-1)
     effects = (m_clean - m_patched if direction == "noise" else m_patched - m_corrupt).tolist()
     total = m_clean - m_corrupt
     effect_of = dict(zip(labels, effects, strict=True))

@@ -19,9 +19,9 @@ re-exports), so there are no import cycles:
 - ``html``: the building blocks (CSS, figure_data_uri, img, table, plain, kv_table,
   error_note, page);
 - ``sections``: the sections every page has (section_config, section_verdict,
-  section_behaviour, section_attention);
+  section_behaviour, section_attention, analysis_sample);
 - ``optional_sections``: the ones ReportConfig can turn off (section_patching, section_probes,
-  section_landscape; PATCH_POSITIONS);
+  section_landscape);
 - ``build``: build_report, write_report (REPORT, the default file name).
 
 Every public name is re-exported here.
@@ -31,12 +31,12 @@ from interp.report.build import REPORT, build_report, write_report
 from interp.report.config import ReportConfig
 from interp.report.html import CSS, error_note, figure_data_uri, img, kv_table, page, plain, table
 from interp.report.optional_sections import (
-    PATCH_POSITIONS,
     section_landscape,
     section_patching,
     section_probes,
 )
 from interp.report.sections import (
+    analysis_sample,
     section_attention,
     section_behaviour,
     section_config,
@@ -45,9 +45,9 @@ from interp.report.sections import (
 
 __all__ = [
     "CSS",
-    "PATCH_POSITIONS",
     "REPORT",
     "ReportConfig",
+    "analysis_sample",
     "build_report",
     "error_note",
     "figure_data_uri",

@@ -15,12 +15,13 @@ from interp.report.config import ReportConfig
 from interp.report.html import error_note, img, page, plain
 from interp.report.optional_sections import section_landscape, section_patching, section_probes
 from interp.report.sections import (
+    analysis_sample,
     section_attention,
     section_behaviour,
     section_config,
     section_verdict,
 )
-from training.runs import load_run
+from training.runs import load_run, write_text_atomic
 
 REPORT = "report.html"
 
@@ -59,11 +60,10 @@ def build_report(
             sections.append(("Training curves", img(plot_curves([subject]), "training curves")))
         sections.append(("Verdict", section_verdict(subject)))
         stage("predictions")
-        beh, tokens = section_behaviour(subject, config, device)
-        sections.append(("Predictions", beh))
+        sections.append(("Predictions", section_behaviour(subject, config, device)))
         stage("attention")
-        sections.append(("Attention", section_attention(subject, tokens, config)))
-        seq_len = tokens.shape[1]
+        sections.append(("Attention", section_attention(subject, config)))
+        seq_len = analysis_sample(subject, config).seq_len
         optional = [
             (
                 "Activation patching",
@@ -115,7 +115,4 @@ def write_report(
         raise FileExistsError(f"{path} already exists; pass --force to replace it")
     text = build_report(run_dir, config, device=device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text)

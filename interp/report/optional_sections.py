@@ -8,11 +8,10 @@ import html
 
 from interp.compare import Subject
 from interp.compare.plots import fmt
+from interp.measurement import MeasurementSpec, Sample
 from interp.report.config import ReportConfig
 from interp.report.html import img, table
 from training.chains import InContextChain
-
-PATCH_POSITIONS = 32  # positions of the patching sweeps (every position is patched)
 
 
 def section_probes(subject: Subject, config: ReportConfig, seq_len: int, device) -> str:
@@ -38,7 +37,9 @@ def section_probes(subject: Subject, config: ReportConfig, seq_len: int, device)
             r["component"],
             r["target"],
             r["score"],
+            r.get("chance"),
             r.get("control_score"),
+            r.get("control_chance"),
             r.get("selectivity"),
             r.get("shuffled_score"),
             r.get("random_score"),
@@ -47,12 +48,24 @@ def section_probes(subject: Subject, config: ReportConfig, seq_len: int, device)
     ]
     out = img(plot_heatmap(rows, "score", title="probe held-out score"), "probe scores")
     out += table(
-        ["component", "target", "score", "control", "selectivity", "shuffled", "random model"],
+        [
+            "component",
+            "target",
+            "score",
+            "chance",
+            "control",
+            "control chance",
+            "selectivity",
+            "shuffled",
+            "random model",
+        ],
         trows,
     )
     out += (
         '<p class="note">Ridge (R^2) or logistic (accuracy) probes split by sequence, with '
-        "control tasks, shuffled targets and a random-init model (probes.sweeps).</p>"
+        "control tasks, shuffled targets and a random-init model (probes.sweeps). Chance: the "
+        "majority class (accuracy) or 0 (R^2); selectivity is shown only where the score is "
+        "above chance (- otherwise).</p>"
     )
     return out
 
@@ -64,26 +77,12 @@ def section_landscape(subject: Subject, config: ReportConfig, device) -> str:
 
     from interp.landscape import (
         HessianReport,
-        LandscapeConfig,
-        hessian_report,
         plot_spectrum,
-        sample_tokens,
         theta_pi_analysis,
     )
 
     cfg = subject.model.cfg
-    seq_len = config.landscape_seq_len or min(32, cfg.n_ctx)
-    lc = LandscapeConfig(
-        n_sequences=config.landscape_sequences,
-        seq_len=seq_len,
-        seed=config.seed,
-        n_groups=config.landscape_groups,
-        lanczos_iters=config.landscape_iters,
-        noise_draws=4,
-        noise_iters=max(2, config.landscape_iters // 3),
-    )
-    tokens = sample_tokens(subject.chain, lc.n_sequences, seq_len, lc.seed, device)
-    trained = hessian_report(subject.model, tokens, lc)
+    sample, lc, trained = trained_hessian(subject, config, device)
     reports = {f"trained (step {subject.step})": trained.to_dict()}
     res = None
     if isinstance(subject.chain, InContextChain):
@@ -126,11 +125,36 @@ def section_landscape(subject: Subject, config: ReportConfig, device) -> str:
     for ax, (name, h) in zip(axes, reports.items(), strict=True):
         plot_spectrum(HessianReport(**h), ax=ax, title=f"{name}: {h['verdict']}")
     intro = (
-        f"<p>Hessian of the population loss ({config.landscape_sequences} sequences of "
-        f"{seq_len} tokens, interp.landscape) at the trained checkpoint and at theta_pi, the "
-        "unigram stationary point of this architecture and chain.</p>"
+        f"<p>Hessian of the population loss (sample: {sample.describe()}, the sample "
+        "<code>markov-lens landscape RUN_DIR</code> uses by default, interp.measurement; "
+        "interp.landscape) at the trained checkpoint and at theta_pi, the unigram stationary "
+        "point of this architecture and chain. Intervals are +- one standard error.</p>"
     )
     return intro + note + table(["quantity"] + names, rows) + img(fig, "Hessian spectra")
+
+
+def hessian_sample(subject: Subject, config: ReportConfig) -> Sample:
+    """The Hessian's sample: MeasurementSpec's (the training length, 32768 tokens' worth)
+    unless config sets landscape_sequences or landscape_seq_len."""
+    train_len = subject.train_config.seq_len if subject.train_config is not None else None
+    n_ctx = subject.model.cfg.n_ctx
+    spec = MeasurementSpec(seed=config.seed)
+    if config.landscape_seq_len is not None:
+        train_len = min(config.landscape_seq_len, n_ctx)
+    return spec.hessian_sample(train_len, n_ctx, config.landscape_sequences)
+
+
+def trained_hessian(subject: Subject, config: ReportConfig, device):
+    """(sample, LandscapeConfig, HessianReport) at the subject's checkpoint: the measurement
+    ``markov-lens landscape RUN_DIR`` makes with the same sample (``hessian_sample``)."""
+    from interp.landscape import hessian_report, sample_tokens
+
+    sample = hessian_sample(subject, config)
+    lc = MeasurementSpec(seed=config.seed).hessian_config(
+        sample, n_groups=config.landscape_groups, lanczos_iters=config.landscape_iters
+    )
+    tokens = sample_tokens(subject.chain, lc.n_sequences, sample.seq_len, lc.seed, device)
+    return sample, lc, hessian_report(subject.model, tokens, lc)
 
 
 def _carrier_text(carrier: str | None) -> str:
@@ -146,15 +170,18 @@ def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> st
     from interp.patching.plots import plot_direct_paths, plot_patching_result
 
     ec = ExplainConfig(
-        n_seqs=config.patching_seqs, seq_len=min(seq_len, PATCH_POSITIONS), seed=config.seed
+        n_seqs=config.patching_seqs or ExplainConfig.n_seqs, seq_len=seq_len, seed=config.seed
     )
     expl = explain_model(subject.model, subject.chain, ec)
     s = expl.summary
+    se = s["flip_ratio_se"]
+    interval = f" +- {fmt(se, 2)}" if se is not None else ""
     out = (
         f"<p>Mechanistic verdict <b>{html.escape(s['verdict'])}</b> (flipping x_n changes the "
-        f"logit difference by {fmt(s['flip_ratio'], 3)} times what it changes for a perfect "
-        f"predictor; {_carrier_text(s['carrier'])}). {ec.n_seqs} sequences of "
-        f"{s['seq_len']} tokens (interp.explain).</p>"
+        f"logit difference by {fmt(s['flip_ratio'], 3)}{interval} (se) times what it changes "
+        f"for a perfect predictor; {_carrier_text(s['carrier'])}). Sample: "
+        f"{s['sample_text']}, the one <code>markov-lens explain</code> uses by default "
+        "(interp.explain, interp.measurement).</p>"
     )
     rows = []
     for name, c in s["corruptions"].items():
@@ -167,6 +194,8 @@ def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> st
                 c["model_effect"],
                 c["true_effect"],
                 c["ratio"],
+                c["ratio_se"],
+                f"{c['n_changed']} of {c['n_pairs']}",
                 shares.get("direct"),
                 shares.get("attention"),
                 shares.get("mlp"),
@@ -180,6 +209,8 @@ def section_patching(subject: Subject, config: ReportConfig, seq_len: int) -> st
             "model effect",
             "true effect",
             "ratio",
+            "ratio se",
+            "changed pairs",
             "direct share",
             "attention share",
             "MLP share",

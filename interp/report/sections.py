@@ -4,7 +4,6 @@ held-out inputs (``interp.compare``) and its attention (``interp.attention`` / `
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import torch
 
@@ -17,6 +16,7 @@ from interp.compare import (
     transition_table,
 )
 from interp.compare.plots import BEHAVIOUR_KEYS, plot_transitions
+from interp.measurement import MeasurementSpec, Sample, sample_sequences
 from interp.report.config import ReportConfig
 from interp.report.html import img, kv_table, table
 from training.recipe import TrainConfig
@@ -80,11 +80,20 @@ def section_verdict(subject: Subject) -> str:
     return table(["summary", "value"], rows) + note
 
 
-def section_behaviour(subject: Subject, config: ReportConfig, device) -> tuple[str, Any]:
-    """Behaviour on fresh held-out inputs and the transition figure; returns (html, tokens)."""
-    cfg = subject.model.cfg
-    seq_len = config.seq_len or min(128, cfg.n_ctx)
-    inputs = shared_inputs(subject.chain, config.n_seqs, seq_len, config.seed, device)
+def analysis_sample(subject: Subject, config: ReportConfig) -> Sample:
+    """The report's predictions / attention / patching sample: MeasurementSpec's flip sample
+    (the one ``explain`` uses) unless config sets n_seqs or seq_len."""
+    train_len = subject.train_config.seq_len if subject.train_config is not None else None
+    spec = MeasurementSpec(seed=config.seed)
+    default = spec.flip_sample(train_len, subject.model.cfg.n_ctx, config.n_seqs)
+    return Sample(default.n_seqs, config.seq_len or default.seq_len, config.seed)
+
+
+def section_behaviour(subject: Subject, config: ReportConfig, device) -> str:
+    """Behaviour on fresh held-out inputs (``analysis_sample``) and the transition figure."""
+    sample = analysis_sample(subject, config)
+    seq_len = sample.seq_len
+    inputs = shared_inputs(subject.chain, sample.n_seqs, seq_len, config.seed, device)
     tokens = inputs.tokens[0]
     refs = run_references(subject.chain, TrainConfig(seq_len=seq_len))
     measured = behaviour(subject.model, inputs, refs)
@@ -93,8 +102,7 @@ def section_behaviour(subject: Subject, config: ReportConfig, device) -> tuple[s
     calib = {subject.label: calibration(inputs.true[0], probs[subject.label])}
     rows = [[k, measured[k]] for k in BEHAVIOUR_KEYS if k in measured]
     out = (
-        f"<p>{config.n_seqs} fresh held-out sequences of {seq_len} tokens (seed "
-        f"{config.seed}); L* = {refs['optimal_loss']:.4f}, L_u = {refs['unigram_loss']:.4f} "
+        f"<p>Fresh held-out sample: {sample.describe()}; L* = {refs['optimal_loss']:.4f}, L_u = {refs['unigram_loss']:.4f} "
         "nats.</p>" + table(["metric", "value"], rows)
     )
     if tab is not None:
@@ -106,10 +114,11 @@ def section_behaviour(subject: Subject, config: ReportConfig, device) -> tuple[s
         ]
         out += table(["transition (last k tokens -> next)", "true", "model"], trows)
     out += img(plot_transitions(tab, calib), "predicted vs true transition probabilities")
-    return out, tokens
+    return out
 
 
-def section_attention(subject: Subject, tokens, config: ReportConfig) -> str:
+def section_attention(subject: Subject, config: ReportConfig) -> str:
+    """Attention patterns, offset profile and head scores on ``analysis_sample``'s sequences."""
     from interp.attention import (
         attention_patterns,
         attention_summary,
@@ -119,6 +128,9 @@ def section_attention(subject: Subject, tokens, config: ReportConfig) -> str:
     from interp.heads import head_scores
 
     model = subject.model
+    sample = analysis_sample(subject, config)
+    # the sequences explain's head scores are measured on (interp.measurement)
+    tokens = sample_sequences(subject.chain, sample).to(model.W_E.device)
     n = min(config.attention_positions, tokens.shape[1])
     first = attention_patterns(model, tokens[:1, :n])[:, 0]
     full = attention_patterns(model, tokens)
@@ -160,6 +172,6 @@ def section_attention(subject: Subject, tokens, config: ReportConfig) -> str:
     out += (
         '<p class="note">Scores are attention mass on the previous token / on keys whose '
         "previous token equals the current one, against exact shuffled baselines "
-        "(interp.heads).</p>"
+        f"(interp.heads); sample: {sample.describe()}.</p>"
     )
     return out

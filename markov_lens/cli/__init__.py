@@ -82,8 +82,11 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`markov-lens CMD: error: ...`, exit 2), not a
     usage block; `--help` still prints the full usage. Subcommand parsers inherit it."""
 
+    command: str | None = None  # the top-level parser: the command argv names, if known
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        prog = f"{self.prog} {self.command}" if self.command else self.prog
+        self.exit(2, f"{prog}: error: {message}\n")
 
 
 def add_command(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
@@ -105,6 +108,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub.required = True
     # the top-level parser takes no option with a value: the first word is the command
     command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    parser.command = command if command in COMMANDS else None  # errors name the command
     for name, (module, help_) in COMMANDS.items():
         if argv is None or name == command:
             importlib.import_module(module).register(sub)
@@ -117,10 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    from markov_lens.cli.validation import check_outputs, holding_runs, resolve_runs
+    from training.limits import allow_large
+
     try:
-        return int(args.func(args) or 0)
+        check_outputs(args)  # --out, --plot, --json FILE: no symlink loop, no device
+        resolve_runs(args)  # zoo/NAME, as ml.load_run reads it
+        # --allow-large; the runs an analysis reads are locked while it runs
+        with allow_large(getattr(args, "allow_large", False)), holding_runs(args):
+            return int(args.func(args) or 0)
     except (ValueError, OSError, KeyError, UserError) as err:  # OSError: also disk full,
         # permission denied, a directory where a file was expected: one line, no traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"markov-lens {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:  # what the estimates (training.limits) did not foresee
+        print(
+            f"markov-lens {args.command}: error: out of memory; try smaller sizes",
+            file=sys.stderr,
+        )
         return 2

@@ -9,10 +9,13 @@ Resumable: re-running skips runs already measured (RUN_DIR/atlas.json).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
 from pathlib import Path
 
 from markov_lens.cli import UserError, add_command
+from markov_lens.cli.validation import add_allow_large, check_output_path, nonempty
 
 
 def register(subparsers) -> None:
@@ -32,7 +35,7 @@ def register(subparsers) -> None:
         help="a built-in grid (paper: paper settings, 1200 runs; session: shortened to fit "
         "a 3-hour session on 2 cores; quick: minutes; test: seconds)",
     )
-    p.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    p.add_argument("--out", metavar="DIR", required=True, type=nonempty, help="output directory")
     p.add_argument("--seeds", type=int, help="seeds per cell (preset default: 5; quick 2)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument(
@@ -44,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--force", action="store_true", help="run in an --out that holds another atlas spec"
     )
+    add_allow_large(p)
     p.set_defaults(func=run)
 
 
@@ -51,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from interp.atlas.grid import preset_spec
     from interp.atlas.measure import AtlasConfig
     from interp.atlas.runner import run_atlas
-    from training.sweeps import load_spec
+    from markov_lens.cli.sweep import check_tasks, failed_runs
+    from training.limits import MAX_SEQUENCES, check_cap
+    from training.sweeps import expand, load_spec
 
     if (args.spec is None) == (args.preset is None):
         raise UserError("give either a SPEC file or --preset NAME (paper, session, quick, test)")
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be a positive integer, got {args.workers}")
     if args.n_seqs < 1:
         raise UserError(f"--n-seqs must be a positive integer, got {args.n_seqs}")
+    check_cap("--n-seqs", args.n_seqs, MAX_SEQUENCES)
+    check_output_path(args.out)
     if args.preset:
         spec = preset_spec(args.preset, args.seeds)
         settings = (
@@ -77,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     config = AtlasConfig(
         n_seqs=args.n_seqs, probes=not args.no_probes, timeline=not args.no_timeline
     )
+    # every run as `train` would check it, and its measurement
+    check_tasks(expand(spec, args.out), config.n_seqs, config.max_len)
     files = run_atlas(
         spec,
         Path(args.out),
@@ -88,4 +98,10 @@ def run(args: argparse.Namespace) -> int:
     )
     for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid"):
         print(files[name])
+    with open(Path(args.out) / "results.csv", newline="") as f:  # the sweep's rows
+        rows = list(csv.DictReader(f))
+    n_failed = failed_runs(rows)
+    if n_failed:
+        print(f"markov-lens atlas: {n_failed} of {len(rows)} runs failed", file=sys.stderr)
+        return 1
     return 0

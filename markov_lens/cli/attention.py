@@ -17,6 +17,8 @@ import torch
 
 from markov_lens.cli import add_command
 from markov_lens.cli.options import add_run_options, open_run, save_figure
+from training.limits import MAX_N_CTX
+from training.runs import write_text_atomic
 
 # The analysis modules (matplotlib, the model and transformer_lens) are imported by run.
 
@@ -40,8 +42,8 @@ def run_attention(args: argparse.Namespace) -> int:
     from interp.explain import analyse_attention, check_outputs, finite_json
 
     run, model, step, out, n = open_run(args, "attention")
-    if args.max_offset < 0:
-        raise ValueError(f"--max-offset must be >= 0, got {args.max_offset}")
+    if not 0 <= args.max_offset <= MAX_N_CTX:  # offsets past --seq-len have no weight
+        raise ValueError(f"--max-offset must be in 0..{MAX_N_CTX:,}, got {args.max_offset}")
     names = ["attention_example.png", "attention_mean.png", "offset_profile.png", "attention.json"]
     if not args.no_html:
         names.append("attention.html")
@@ -71,7 +73,7 @@ def run_attention(args: argparse.Namespace) -> int:
         "attention": att["summary"],
         "head_scores": att["head_scores"],
     }
-    (out / names[3]).write_text(json.dumps(finite_json(record), indent=2, allow_nan=False))
+    write_text_atomic(out / names[3], json.dumps(finite_json(record), indent=2, allow_nan=False))
     if not args.no_html:
         write_attention_html(
             out / "attention.html", patterns[:, 0], tokens[0], f"{run.path.name} step {step}", True

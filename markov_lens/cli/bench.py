@@ -24,6 +24,14 @@ from pathlib import Path
 
 from benchmarks.settings import SECTIONS
 from markov_lens.cli import add_command
+from markov_lens.cli.validation import (
+    add_allow_large,
+    check_device,
+    check_output_path,
+    check_threads,
+)
+
+MAX_MEMBERS = 1024  # ensemble members of one benchmark (the sweeps stack 32 to 256)
 
 # benchmarks.suite (torch, the model, the trainer) is imported by run.
 
@@ -60,6 +68,7 @@ def register(subparsers) -> None:
         help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    add_allow_large(p)
     p.set_defaults(func=run)
 
 
@@ -67,16 +76,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks.suite import patching_comparisons, run_benchmarks
+    from training.limits import check_cap
+    from training.runs import write_text_atomic
 
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    if not sections:
+        raise ValueError(f"--only names no section; sections: {', '.join(SECTIONS)}")
     for s in sections:
         if s not in SECTIONS:
             raise ValueError(f"--only: unknown section {s!r}; sections: {', '.join(SECTIONS)}")
     if args.json is not None and args.json.exists():
         raise FileExistsError(f"{args.json} exists; choose another --json path")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads)
+    check_device(args.device)
+    if args.json is not None:
+        check_output_path(args.json, "--json", file=True)
+    if args.members is not None:  # the ensemble section stacks --members copies of its model
+        check_cap("--members", args.members, MAX_MEMBERS)
     on_cuda = args.device.startswith("cuda") or (
         args.device == "auto" and torch.cuda.is_available()
     )
@@ -93,5 +110,5 @@ def run(args: argparse.Namespace) -> int:
         emit=lambda line: print(line, flush=True),
     )
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        write_text_atomic(args.json, json.dumps(result, indent=2, default=str) + "\n")
     return 0

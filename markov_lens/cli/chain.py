@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 import torch
 
 from markov_lens.cli import add_command
+from markov_lens.cli.validation import add_allow_large, check_output_path
+from training import limits
 from training.chains import (
     BinaryChain,
     InContextChain,
@@ -26,10 +27,12 @@ from training.chains import (
     MarkovChain,
     transition_counts,
 )
+from training.limits import read_input_file
 from training.references import in_context_losses, reference_losses
+from training.runs import savefig_atomic
 
 # which options each way of naming a chain accepts (argparse dests; others must be unset)
-COMMON = {"init", "json", "plot", "force", "length", "seed"}
+COMMON = {"init", "json", "plot", "force", "length", "seed", "allow_large"}
 MODES = {
     "in-context": {"states", "order", "alpha", "doubly_stochastic", "n_sequences", "beta"},
     "lag": {"p", "q"},
@@ -72,6 +75,7 @@ def register(subparsers) -> None:
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--plot", metavar="FILE.png", help="samples and empirical vs true kernel")
     out.add_argument("--force", action="store_true", help="replace an existing --plot FILE")
+    add_allow_large(p)
     p.set_defaults(func=run)
 
 
@@ -105,10 +109,7 @@ def _require(args: argparse.Namespace, mode: str, *names: str) -> None:
 
 
 def _load_kernel(path: str) -> list:
-    try:
-        text = Path(path).read_text()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--kernel {path}: not a text file ({err})") from None
+    text = read_input_file(path, "--kernel")  # a regular file of bounded size
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -162,14 +163,24 @@ def chain_from_args(args: argparse.Namespace) -> MarkovChain:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        check_output_path(args.plot, "--plot", file=True)
     if args.plot and os.path.exists(args.plot) and not args.force:
         raise FileExistsError(f"{args.plot} exists; pass --force to replace it")
     chain = chain_from_args(args)
     seed = 0 if args.seed is None else args.seed
+    if args.plot:  # 512 sampled sequences of --length tokens, and their counts
+        limits.check_tokens(("plot sequences", "--length"), 512, args.length or 64)
     if isinstance(chain, InContextChain):
         n_sequences = 20_000 if args.n_sequences is None else args.n_sequences
         beta = 1.0 if args.beta is None else args.beta
         length = 101 if args.length is None else args.length
+        limits.check_tokens(("--n-sequences", "--length"), n_sequences, length)
+        chunk = min(n_sequences, 4096) * length * chain.n_states ** (chain.order + 1)
+        limits.check_fits(  # one chunk's tokens, counts and five predictors' probabilities
+            limits.Estimate({"data": 16.0 * 8 * chunk, "results": 80.0 * n_sequences}),
+            f"--n-sequences {n_sequences} x --length {length}",
+        )
         result = {"description": repr(chain)}
         result |= in_context_losses(chain, length, n_sequences, seed, beta)
         if chain.doubly_stochastic:
@@ -254,4 +265,4 @@ def plot_chain(chain: MarkovChain, path: str, length: int = 64, seed: int = 0) -
             for i, row in enumerate(table.tolist()):
                 for j, value in enumerate(row):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)

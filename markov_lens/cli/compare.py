@@ -16,6 +16,7 @@ from pathlib import Path
 
 from markov_lens.cli import add_command
 from markov_lens.cli.options import optional_device
+from training.limits import check_tokens
 
 
 def register(subparsers) -> None:
@@ -74,6 +75,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for s in sources:
         if not s.exists():
             raise FileNotFoundError(f"{s} does not exist")
+    check_tokens(("--n-seqs", "--seq-len"), args.n_seqs or 32, args.seq_len or 128)
     if len(sources) == 1:
         out = Path(args.out) if args.out else sources[0] / "timeline"
         config = TimelineConfig(

@@ -32,16 +32,24 @@ def register(subparsers) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from interp.explain import ExplainConfig, explain_run
+    from types import SimpleNamespace
+
+    from interp.explain import ExplainConfig, explain_run, resolve_seq_len
+    from markov_lens.cli.validation import check_run_analysis
+    from training.runs import load_run
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    device = resolve_device_option(args.device)
+    run = load_run(args.run_dir)  # its config: the sizes are checked before any allocation
+    seq_len = resolve_seq_len(
+        SimpleNamespace(cfg=run.model_config), args.seq_len, run.train_config.seq_len
+    )
+    check_run_analysis(run.model_config, args.n_seqs, seq_len, device, copies=3)
     config = ExplainConfig(
         n_seqs=args.n_seqs, seq_len=args.seq_len, seed=args.seed, metric=args.metric
     )
-    report, expl = explain_run(
-        args.run_dir, args.out, args.step, config, args.force, resolve_device_option(args.device)
-    )
+    report, expl = explain_run(args.run_dir, args.out, args.step, config, args.force, device)
     s = expl.summary
     ratio = "n/a" if s["flip_ratio"] is None else f"{s['flip_ratio']:.2f}"
     print(f"verdict: {s['verdict']} (flip ratio {ratio}, carrier {s['carrier']}); wrote {report}")

@@ -37,6 +37,7 @@ from interp.landscape import (
     theta_pi_grid,
     theta_pi_model,
 )
+from interp.measurement import MeasurementSpec
 from interp.paths import (
     filter_normalized_direction,
     line_path,
@@ -49,14 +50,15 @@ from interp.paths import (
 )
 from interp.reduced_model import ReducedModel, plot_reduced_landscape
 from markov_lens.cli import add_command
+from markov_lens.cli.validation import add_allow_large, check_device
+from training import limits
 from training.chains import BinaryChain, InContextChain, MarkovChain
 from training.config import ModelConfig
 from training.inits import init_theta_pi
 from training.references import stationary_marginal
-from training.runs import load_run
+from training.runs import load_run, savefig_atomic, write_text_atomic
 
 PLANES = ("anchors", "pca", "random")
-TOKENS_PER_RUN_SAMPLE = 32768
 
 
 def register(subparsers) -> None:
@@ -108,7 +110,7 @@ def register(subparsers) -> None:
     est.add_argument("--seq-len", type=int, help="sequence length (default: n_ctx / the run's)")
     est.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
     est.add_argument("--method", choices=METHODS, default="auto", help="Hessian method")
-    est.add_argument("--lanczos-iters", type=int, default=80, help="Lanczos steps (80)")
+    est.add_argument("--lanczos-iters", type=int, help="Lanczos steps (default 80)")
     est.add_argument("--include", help="comma-separated parameter names/patterns (default all)")
     geo = p.add_argument_group("paths and surfaces (RUN_DIR, --theta-pi)")
     geo.add_argument("--step", type=int, help="RUN_DIR: checkpoint step (default: the last)")
@@ -130,6 +132,7 @@ def register(subparsers) -> None:
     out.add_argument("--out", metavar="DIR", help="output directory")
     out.add_argument("--force", action="store_true", help="write into a non-empty --out")
     out.add_argument("--device", help="cpu / cuda (default: CUDA when available)")
+    add_allow_large(p)
     p.set_defaults(func=run)
 
 
@@ -173,7 +176,7 @@ def _prepare_out(out: str | None, force: bool) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(x):
@@ -185,7 +188,7 @@ def _json_default(x):
 
 
 def _save(ax, path: Path) -> str:
-    ax.figure.savefig(path, dpi=120)
+    savefig_atomic(ax.figure, path, dpi=120)
     return str(path)
 
 
@@ -196,8 +199,8 @@ def _config(args, n_sequences: int, seq_len: int | None) -> LandscapeConfig:
         seq_len=seq_len,
         seed=args.seed,
         method=args.method,
-        lanczos_iters=args.lanczos_iters,
         include=include,
+        **({} if args.lanczos_iters is None else {"lanczos_iters": args.lanczos_iters}),
     )
 
 
@@ -221,6 +224,32 @@ def chain_marginal(chain: MarkovChain) -> torch.Tensor:
     if isinstance(chain, InContextChain):
         return torch.full((chain.n_states,), 1.0 / chain.n_states, dtype=torch.float64)
     return stationary_marginal(chain)
+
+
+def _check_sizes(args, mode: str) -> None:
+    """The device, points, Lanczos steps and sample of ``mode`` within the caps and the memory
+    available (training.limits; the Hessian: float64, double backward, 512 sequences at
+    once), checked before anything is built."""
+    check_device(args.device)
+    limits.check_cap("--points", args.points, limits.MAX_POINTS)
+    limits.check_cap("--lanczos-iters", args.lanczos_iters, 10_000)
+    if mode == "reduced":
+        return
+    if mode == "run":
+        run_obj = load_run(args.run_dir)
+        cfg = run_obj.model_config
+        sample = MeasurementSpec(seed=args.seed).hessian_sample(
+            args.seq_len or run_obj.train_config.seq_len, cfg.n_ctx, args.n_sequences
+        )
+        seq_len, n_seq = sample.seq_len, sample.n_seqs
+    else:
+        cfg = ModelConfig.paper(d_model=args.d_model, n_ctx=args.n_ctx, n_layers=args.layers)
+        seq_len, n_seq = args.seq_len or args.n_ctx, args.n_sequences or 2048
+    limits.check_tokens(("--n-sequences", "--seq-len"), n_seq, seq_len)
+    est = limits.analysis_estimate(
+        cfg, n_seq, seq_len, copies=2, backward=True, bytes_per_float=8, batch=512
+    )
+    limits.check_fits(est, f"--n-sequences {n_seq} x --seq-len {seq_len}", args.device)
 
 
 def _check_mode(args) -> str:
@@ -248,10 +277,10 @@ def run(args: argparse.Namespace) -> int:
         ("lanczos_iters", 1),
     ):
         value = getattr(args, name)
-        if value < minimum:
+        if value is not None and value < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
-    if args.span < 0:
-        raise ValueError(f"--span must be >= 0, got {args.span}")
+    if not 0 <= args.span < math.inf:  # nan fails too
+        raise ValueError(f"--span must be a finite number >= 0, got {args.span}")
     for name in ("n_sequences", "seq_len"):  # None: the default; 0 is not "default"
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -260,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("RUN_DIR takes its chain from the run: drop --p/--q")
     if mode != "run" and args.step is not None:
         raise ValueError("--step selects a checkpoint of RUN_DIR; it needs RUN_DIR")
+    _check_sizes(args, mode)
     if mode == "run":
         return run_dir_mode(args)
     if mode == "theta_pi":
@@ -275,16 +305,20 @@ def run_dir_mode(args) -> int:
     device = torch.device(args.device) if args.device else default_device()
     model = run_obj.model(args.step, device=device)
     chain = run_obj.chain
-    seq_len = args.seq_len or min(run_obj.train_config.seq_len, model.cfg.n_ctx)
-    n_seq = args.n_sequences or max(16, TOKENS_PER_RUN_SAMPLE // seq_len)
+    # the Hessian sample `report` uses too (interp.measurement)
+    sample = MeasurementSpec(seed=args.seed).hessian_sample(
+        args.seq_len or run_obj.train_config.seq_len, model.cfg.n_ctx, args.n_sequences
+    )
+    seq_len, n_seq = sample.seq_len, sample.n_seqs
     cfg = _config(args, n_seq, seq_len)
     tokens = sample_tokens(chain, n_seq, seq_len, args.seed, device)
-    from training.progress import Stages
+    from training.progress import Counter, Stages
 
     with Stages("markov-lens landscape", 4) as stage:
-        stage(f"Hessian at the final checkpoint ({n_seq} sequences)")
+        stage(f"Hessian at the final checkpoint ({sample.describe()})")
         work = analysis_copy(model)
-        report = hessian_report(work, tokens, cfg)
+        products = Counter("markov-lens landscape: hessian", "Hessian-vector products")
+        report = hessian_report(work, tokens, cfg, products)
         pi = chain_marginal(chain)
         theta_pi = init_theta_pi(analysis_copy(model), pi.to(device))
         layout = ParamLayout.from_model(work)
@@ -335,7 +369,7 @@ def run_dir_mode(args) -> int:
     )
     figs["surface"] = _save(ax, out / "surface.png")
     _write_json(out / "landscape.json", result)
-    _print_summary(result["hessian"], out)
+    _print_summary(result["hessian"], out, sample=sample.describe())
     return 0
 
 
@@ -392,7 +426,12 @@ def theta_pi_mode(args) -> int:
     cfg = _config(args, args.n_sequences or 2048, args.seq_len)
     device = torch.device(args.device) if args.device else default_device()
     chain = BinaryChain(p, q)
-    result, report = theta_pi_analysis(chain, mcfg, cfg, args.model_seed, device, with_report=True)
+    from training.progress import Counter
+
+    products = Counter("markov-lens landscape: hessian", "Hessian-vector products")
+    result, report = theta_pi_analysis(
+        chain, mcfg, cfg, args.model_seed, device, with_report=True, progress=products
+    )
     # The loss along the Hessian's extreme eigenvectors (a saddle bends down along v_min).
     model = analysis_copy(theta_pi_model(mcfg, chain, args.model_seed, torch.float64).to(device))
     tokens = sample_tokens(chain, cfg.n_sequences, cfg.seq_len or mcfg.n_ctx, cfg.seed, device)
@@ -437,7 +476,7 @@ def grid_mode(args) -> int:
     rows = theta_pi_grid(ps, qs, archs, cfg, args.model_seed, device, progress=True)
     _write_json(out / "grid.json", {"landscape": cfg.to_dict(), "rows": rows})
     table = grid_table_markdown(rows)
-    (out / "grid.md").write_text(table)
+    write_text_atomic(out / "grid.md", table)
     plot_grid(rows, out / "grid.png")
     print(table)
     return 0
@@ -488,9 +527,10 @@ def reduced_mode(args) -> int:
     return 0
 
 
-def _print_summary(h: dict, out: Path, prediction=None, agree=None) -> None:
+def _print_summary(h: dict, out: Path, prediction=None, agree=None, sample=None) -> None:
+    where = sample or f"{h['n_sequences']} sequences"
     print(
-        f"Hessian ({h['method']}, {h['n_params']} params, {h['n_sequences']} sequences): "
+        f"Hessian ({h['method']}, {h['n_params']} params, {where}): "
         f"lambda_min {h['lambda_min']:.4g} +- {h['lambda_min_se']:.2g}, lambda_max "
         f"{h['lambda_max']:.4g}; flat band +-{h['flat_band']:.2g} (Weyl bound +-{h['flat_tol']:.2g})"
     )

@@ -18,6 +18,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from markov_lens.cli.validation import (
+    add_allow_large,
+    check_device,
+    check_output_path,
+    check_run_analysis,
+    nonempty,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -35,7 +43,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "run_dir", metavar="RUN_DIR", help="a run directory written by markov-lens train"
     )
-    p.add_argument("--out", metavar="DIR", help="output directory (default RUN_DIR/interp/COMMAND)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=nonempty,
+        help="output directory (default RUN_DIR/interp/COMMAND)",
+    )
     p.add_argument("--step", type=int, help="checkpoint step (default: the last checkpoint)")
     p.add_argument("--n-seqs", type=positive_int, default=64, help="sequences to analyse (64)")
     p.add_argument(
@@ -46,16 +59,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled sequences (0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    add_allow_large(p)
 
 
 def resolve_device_option(name: str) -> torch.device:
     """--device NAME as a torch.device; a bad name is a ValueError naming --device."""
     from training.devices import resolve_device
 
-    try:
-        return resolve_device(name)
-    except ValueError as err:
-        raise ValueError(f"--device: {err}") from None
+    return resolve_device(check_device(name))
 
 
 def open_run(args: argparse.Namespace, command: str):
@@ -65,27 +76,37 @@ def open_run(args: argparse.Namespace, command: str):
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    device = resolve_device_option(args.device)
     run = load_run(args.run_dir)
     steps = run.checkpoint_steps()
     if not steps:
         raise FileNotFoundError(f"run {run.path} has no checkpoints")
     step = steps[-1] if args.step is None else args.step
-    model = run.model(step, device=resolve_device_option(args.device))
+    model = run.model(step, device=device)
     out = Path(args.out) if args.out else default_out_dir(run.path, command, args.step)
+    check_output_path(out)
     seq_len = resolve_seq_len(model, args.seq_len, run.train_config.seq_len)
     if seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2, got {seq_len}")
+    # patching holds clean and corrupted batches with their caches
+    check_run_analysis(model.cfg, args.n_seqs, seq_len, device, copies=3)
     return run, model, step, out, seq_len
 
 
 def save_figure(fig, path: Path) -> None:
-    """Save a pyplot figure (dpi 110) and close it."""
+    """Save a pyplot figure (dpi 110) atomically (training.runs.atomic_path) and close it."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from training.runs import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def optional_device(text: str | None):
-    """--device of compare and report: the name given, or None (CUDA when available)."""
-    return text or None
+    """--device of compare and report: the name given (checked), or None (CUDA when
+    available)."""
+    return check_device(text) or None

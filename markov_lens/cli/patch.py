@@ -18,6 +18,7 @@ import torch
 from interp.corruptions import CORRUPTIONS
 from markov_lens.cli import add_command
 from markov_lens.cli.options import add_run_options, open_run, save_figure
+from training.runs import write_text_atomic
 
 # register imports interp.patching for its choices, which loads the model as long as
 # interp.patching imports training.model at its top; the rest is imported by run_patch.
@@ -89,7 +90,9 @@ def run_patch(args: argparse.Namespace) -> int:
         "results": {d: r.to_dict() for d, r in results.items()},
         "direct_paths": direct,
     }
-    (out / "patching.json").write_text(json.dumps(finite_json(record), indent=2, allow_nan=False))
+    write_text_atomic(
+        out / "patching.json", json.dumps(finite_json(record), indent=2, allow_nan=False)
+    )
     res = next(iter(results.values()))
     print(
         f"{args.corruption}: model effect {res.effect:.4f} (perfect predictor {res.true_effect:.4f}); "

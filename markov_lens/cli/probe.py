@@ -21,6 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from markov_lens.cli import add_command
+from markov_lens.cli.validation import (
+    add_allow_large,
+    check_device,
+    check_output_path,
+    check_run_analysis,
+    check_threads,
+)
+from training.limits import MAX_N_CTX, MAX_SEQUENCES, Estimate, check_cap, check_fits
 
 if TYPE_CHECKING:  # probes.sweeps loads the model (transformer_lens): only when probing
     from probes.sweeps import ProbeConfig
@@ -70,7 +78,7 @@ def register(subparsers) -> None:
     p.add_argument("--seq-len", type=int, help="tokens per sequence (the run's training length)")
     p.add_argument(
         "--positions",
-        default="64",
+        default=None,
         metavar="N|all",
         help="positions probed per sequence, shared by all sequences (64)",
     )
@@ -94,6 +102,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="write the CSV only")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_allow_large(p)
     p.set_defaults(func=run)
 
 
@@ -108,6 +117,7 @@ def _positions(value: str) -> int | None:
         ) from None
     if n < 1:
         raise ValueError(f"--positions must be a positive integer or 'all', got {value!r}")
+    check_cap("--positions", n, MAX_N_CTX)
     return n
 
 
@@ -119,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         components=_split_list(args.components),
         n_seqs=args.n_seqs,
         seq_len=args.seq_len,
-        n_positions=_positions(args.positions),
+        n_positions=64 if args.positions is None else _positions(args.positions),
         batch_size=args.batch_size,
         test_fraction=args.test_fraction,
         folds=args.folds,
@@ -129,6 +139,25 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         seed=args.seed,
         device=args.device,
     )
+
+
+def check_probe_sizes(run, args: argparse.Namespace) -> None:
+    """--n-seqs, --seq-len, --positions and --batch-size of a probe of ``run`` within the caps
+    and the memory available (the cached activations of every component at the probed
+    positions, and one batch's forward pass)."""
+    cfg = run.model_config
+    seq_len = args.seq_len or min(run.train_config.seq_len, cfg.n_ctx)
+    positions = 64 if args.positions is None else _positions(args.positions)
+    if args.positions is not None and positions is not None and positions > seq_len:
+        raise ValueError(
+            f"--positions {positions} is more than the {seq_len} positions of a sequence "
+            "(--seq-len); give at most that, or 'all'"
+        )
+    check_cap("--batch-size", args.batch_size, MAX_SEQUENCES)
+    check_run_analysis(cfg, args.n_seqs, seq_len, args.device, copies=2, batch=args.batch_size)
+    width = (2 * cfg.n_layers + 2) * max(cfg.d_model, cfg.d_mlp)  # every component, at most
+    cached = float(args.n_seqs * min(positions or seq_len, seq_len) * width * 4)
+    check_fits(Estimate({"cached activations": cached}), f"--n-seqs {args.n_seqs} probes")
 
 
 def _figures(rows: list[dict], out: Path, n_runs: int) -> dict[str, callable]:
@@ -170,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from probes.sweeps import probe_runs, write_csv
+    from training.runs import load_run, write_text_atomic
 
     run_dirs = [Path(d) for d in args.run_dirs]
     for d in run_dirs:
@@ -177,12 +207,13 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"run directory {d} does not exist")
     if args.out is None and len(run_dirs) > 1:
         raise ValueError("several RUN_DIRs need --out DIR for the combined table")
-    out = Path(args.out) if args.out else run_dirs[0] / "probes"
+    out = check_output_path(args.out) if args.out is not None else run_dirs[0] / "probes"
     config = config_from_args(args)
+    check_device(args.device)
+    for d in run_dirs:  # every run's sizes, before any activation is cached
+        check_probe_sizes(load_run(d), args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_threads(args.threads))
     existing = [out / n for n in (CSV, CONFIG) if (out / n).exists()]
     if existing and not args.force:
         raise FileExistsError(
@@ -202,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoints": args.checkpoints,
         "probe": config.to_dict(),
     }
-    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / CONFIG, json.dumps(meta, indent=2) + "\n")
     for name, draw in figs.items():
         draw(out / name)
     _print_summary(rows)

@@ -14,6 +14,7 @@ from training.sweeps import markdown_table
 
 def register(subparsers) -> None:
     from training.experiments import EXPERIMENTS, MEASURED
+    from training.experiments.presets import ARITHMETICS
 
     p = add_command(
         subparsers,
@@ -35,9 +36,16 @@ def register(subparsers) -> None:
         choices=("full", "quick", "test"),
         help="settings size (--quick = --size quick; test = tiny, for the test suite)",
     )
-    p.add_argument("--seeds", type=int, help="seeds per cell (default: 3)")
+    p.add_argument("--seeds", type=int, help="seeds per cell (default: 3; in-context: 5)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME[-SIZE])")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument(
+        "--arithmetic",
+        choices=list(ARITHMETICS),
+        help="train in this arithmetic (default: float32): authors-gpu = the paper's GPU runs "
+        "(fp16 autocast, no grad scaler, TF32; CUDA only), fp16 = the same without TF32 (a CPU "
+        "emulation), fp16-scaled = with a grad scaler, bf16",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -55,7 +63,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     rep = reproduce(
-        args.name, args.out, size=size, seeds=args.seeds, workers=args.workers, force=args.force
+        args.name,
+        args.out,
+        size=size,
+        seeds=args.seeds,
+        workers=args.workers,
+        force=args.force,
+        arithmetic=args.arithmetic,
     )
     cols = [
         "seeds",

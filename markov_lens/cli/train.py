@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from markov_lens.cli import add_command
+from markov_lens.cli.validation import add_allow_large, check_output_path, check_threads, nonempty
 from training.options import build_run_config
 from training.runs import CONFIG, read_json
 from training.sweeps import load_spec, markdown_table
@@ -26,6 +27,7 @@ CHAIN_FLAGS = {
     "in_context": "in_context",
     "alpha": "alpha",
     "doubly_stochastic": "doubly_stochastic",
+    "group_size": "group_size",
     "chain_init": "chain_init",
 }
 MODEL_FLAGS = {
@@ -57,6 +59,9 @@ TRAIN_FLAGS = {
     "save_every": "save_every",
     "checkpoints_per_octave": "checkpoints_per_octave",
     "precision": "precision",
+    "grad_scaler": "grad_scaler",
+    "tf32": "tf32",
+    "targets": "targets",
     "device": "device",
 }
 UNSET = object()  # --window's default: "none" (full causal) is a value, not "not given"
@@ -74,13 +79,26 @@ def _window(text: str):
     return None if value < 0 else value
 
 
+def _group_size(text: str):
+    if text.lower() in ("batch", "minibatch"):
+        return "batch"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"group size must be an int >= 1 (sequences per kernel) or 'batch' (one kernel per "
+            f"minibatch), got {text!r}"
+        )
+    return value
+
+
 def _set_threads(n: int | None) -> None:
     if n is not None:
         import torch
 
-        if n < 1:
-            raise ValueError(f"--threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
+        torch.set_num_threads(check_threads(n))
 
 
 def register(subparsers) -> None:
@@ -98,7 +116,9 @@ def register(subparsers) -> None:
         help="YAML/JSON run config (sections chain, model, "
         "train, seed; a run's config.json works); flags override it",
     )
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument(
+        "--out", required=True, type=nonempty, metavar="RUN_DIR", help="run directory to write"
+    )
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument(
         "--resume", action="store_true", help="continue RUN_DIR from its last checkpoint"
@@ -117,7 +137,7 @@ def register(subparsers) -> None:
         "--in-context",
         action="store_true",
         default=None,
-        help="in-context chain: a fresh Dirichlet kernel per sequence",
+        help="in-context chain: a fresh Dirichlet kernel per sequence (or per --group-size)",
     )
     c.add_argument("--alpha", type=float, help="Dirichlet concentration (in-context)")
     c.add_argument(
@@ -125,6 +145,13 @@ def register(subparsers) -> None:
         action="store_true",
         default=None,
         help="in-context: doubly stochastic kernels (uniform marginal)",
+    )
+    c.add_argument(
+        "--group-size",
+        type=_group_size,
+        metavar="G",
+        help="in-context: G consecutive sequences of a minibatch share one kernel (default 1; "
+        "'batch': one kernel per minibatch, the authors' --chain random)",
     )
     c.add_argument(
         "--chain-init", choices=("stationary", "uniform"), help="law of the first tokens"
@@ -186,8 +213,32 @@ def register(subparsers) -> None:
         type=int,
         help="log-spaced checkpoints per doubling of the step (1: steps 0, 1, 2, 4, ...; 0: only the last)",
     )
-    t.add_argument("--precision", choices=("fp32", "bf16"))
+    t.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32 (default), or bf16/fp16 autocast on CUDA or the CPU (the paper's GPU runs: "
+        "fp16 without a grad scaler, with TF32)",
+    )
+    t.add_argument(
+        "--grad-scaler",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic loss scaling (torch.amp.GradScaler) with bf16/fp16 (default: off)",
+    )
+    t.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TF32 matmuls on CUDA (default: off; an error on the CPU)",
+    )
+    t.add_argument(
+        "--targets",
+        choices=("inside", "authors"),
+        help="inside: seq_len tokens, seq_len - 1 targets (default); authors: seq_len + 1 "
+        "tokens sampled, seq_len targets (the paper's code: 1025 and 1024)",
+    )
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    add_allow_large(p)
     p.set_defaults(func=run_train)
 
 
@@ -262,6 +313,10 @@ def _print_summary(summary: dict, run_dir: str) -> None:
         "wall_seconds",
     )
     rows = [{"field": k, "value": summary.get(k)} for k in keys if k in summary]
+    rows += [  # in-context runs: the final loss against the four references
+        {"field": f"final_eval_loss - {name}", "value": value}
+        for name, value in (summary.get("final_excess") or {}).items()
+    ]
     print(markdown_table(rows), end="")
     print(f"run directory: {run_dir}")
 
@@ -269,6 +324,11 @@ def _print_summary(summary: dict, run_dir: str) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from training.trainer import TrainingDiverged, train
 
+    if args.resume and args.force:
+        raise ValueError(
+            "--resume continues RUN_DIR and --force replaces it: give one of them, not both"
+        )
+    check_output_path(args.out)
     _set_threads(args.threads)
     rc = build_run_config(train_document(args))
     try:

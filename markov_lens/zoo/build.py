@@ -1,7 +1,9 @@
 """Regenerate the zoo's runs (markov_lens/zoo/trained-runs/): ``python -m markov_lens.zoo.build``.
 
-Every run is seeded and trained on one CPU thread, so the same files come out; each keeps
-only its last checkpoint (checkpoints_per_octave 0) to stay small.
+Every run is seeded and trained on one CPU thread, so the same files come out on the same
+machine (``BUILT_ON.json`` records which: training.machine.fingerprint); on another CPU or
+kernel build they agree within float32 rounding. Each keeps only its last checkpoint
+(checkpoints_per_octave 0) to stay small.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 
 from markov_lens.zoo import NAMES, ROOT
 
+BUILT_ON = "BUILT_ON.json"  # the machine the files came from (training.machine.fingerprint)
+
 
 def build(names: tuple[str, ...] = NAMES, root: Path = ROOT) -> None:
     """Train (or place) each named run into ``root``/NAME, replacing what is there."""
@@ -20,6 +24,7 @@ def build(names: tuple[str, ...] = NAMES, root: Path = ROOT) -> None:
     from training.chains import BinaryChain, InContextChain, KthOrderChain
     from training.checkpoints import save_checkpoint
     from training.config import ModelConfig
+    from training.fused_attention import fingerprint
     from training.options import RunConfig
     from training.recipe import TrainConfig
     from training.runs import CHECKPOINTS, CONFIG, step_dir_name, write_json_atomic
@@ -66,6 +71,7 @@ def build(names: tuple[str, ...] = NAMES, root: Path = ROOT) -> None:
             train(cfg, chain, tc, seed=0, out_dir=out, progress=False)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         print(f"{name}: {out} ({size / 1024:.0f} KiB)")
+    write_json_atomic(Path(root) / BUILT_ON, fingerprint())
 
 
 if __name__ == "__main__":

@@ -12,17 +12,19 @@ import pytest
 import torch
 
 from interp.atlas.grid import PRESETS, chain_name, chains, preset_spec
-from interp.atlas.labels import atlas_label, carrier_of
+from interp.atlas.labels import INDUCTION, atlas_label, carrier_of
 from interp.atlas.measure import (
     AtlasConfig,
     dependence_at_lag,
     measure_model,
     transfer_chains,
 )
-from interp.atlas.runner import load_atlas, mechanism_step, run_atlas
+from interp.atlas.runner import flatten, load_atlas, mechanism_step, run_atlas
 from interp.corruptions import make_patching_data
+from interp.explain import finite_json
 from interp.landscape import theta_pi_model
 from interp.patching import make_metric
+from tests.interp.test_circuits import induction_model
 from tests.tiny_runs import CHAIN, SEQ_LEN, one_thread, train_tiny
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
@@ -32,6 +34,7 @@ from training.sweeps import expand
 from training.trainer import train
 
 FAST = AtlasConfig(n_seqs=64, probes=False, timeline=False)
+FAST_CIRCUIT = AtlasConfig(n_seqs=32, probes=False, timeline=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +138,50 @@ def test_two_layer_in_context_model_is_labelled_in_context(in_context_run):
     assert label["carrier"] == "attention"  # attention-only: nothing else can read the past
 
 
+@pytest.mark.parametrize("copy_previous", [True, False])
+def test_in_context_runs_carry_the_induction_circuit(copy_previous):
+    """In-context chains: the atlas measures induction_circuit and labels the hand-built
+    two-layer circuit ``in-context (induction)``; without its previous-token write the rules
+    1-4 label stands. The numbers reach atlas.csv (flatten) and the record is JSON."""
+    model = induction_model(copy_previous=copy_previous)
+    m = measure_model(model, InContextChain(2, 1), FAST_CIRCUIT, 48)
+    label = atlas_label(m)
+    circuit = m["circuit"]
+    assert circuit["label"]["holds"] is copy_previous and label["induction"] is copy_previous
+    if copy_previous:
+        assert label["label"] == INDUCTION
+        assert circuit["previous_token_head"] == [0, 0] and circuit["matching_head"] == [1, 0]
+        assert circuit["previous_token_excess"] > 0.85 and circuit["match_excess"] > 0.3
+    else:
+        assert (
+            label["label"] == atlas_label({k: v for k, v in m.items() if k != "circuit"})["label"]
+        )
+        assert label["label"] != INDUCTION
+    row = flatten(json.loads(json.dumps(finite_json(m | label), allow_nan=False)))
+    assert row["induction"] is copy_previous
+    assert row["circuit_previous_token_excess"] == pytest.approx(circuit["previous_token_excess"])
+    assert row["circuit_path_removed"] == pytest.approx(circuit["path_removed"])
+
+
+def test_fixed_kernel_runs_have_no_circuit(untied_run):
+    m = measure_model(untied_run.model(), CHAIN, FAST, SEQ_LEN)
+    label = atlas_label(m, untied_run.summary())
+    assert "circuit" not in m and label["induction"] is False
+    assert "induction" not in flatten(finite_json(m | label))
+
+
 # ------------------------------------------------------------------------- measurements
 
 
 def test_shares_add_up_without_final_layernorm(tmp_path):
     """Without LayerNorm the logits are linear in the final residual, so the direct-path
-    shares of embedding, attention and MLP sum to 1 exactly, noising and denoising."""
+    shares of embedding, attention and MLP sum to 1 exactly (the readout is float64 on the
+    rebuilt residual, so this holds on every instruction set), noising and denoising."""
     with one_thread():
         run = load_run(train_tiny(tmp_path, iters=60, normalization_type=None))
     d = dependence_at_lag(run.model(), CHAIN, 0, 64, SEQ_LEN, seed=0)
     for direction in ("noise", "denoise"):
-        assert sum(d["shares"][direction].values()) == pytest.approx(1.0, abs=1e-4)
+        assert sum(d["shares"][direction].values()) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_necessity_is_the_flip_effect_left_under_mean_ablation(untied_run):

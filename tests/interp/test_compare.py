@@ -170,6 +170,52 @@ def test_parameter_distances_refuse_different_shapes_clearly():
         parameter_distances(one, wide, strict=True)
 
 
+def test_parameter_distances_leave_layernorm_out_of_the_total_and_name_the_symmetries():
+    cfg = ModelConfig.paper(n_ctx=16, n_heads=2, tie_embeddings=False, init_range=0.3)
+    a = MarkovTransformer(cfg, seed=0)
+    b = copy.deepcopy(a)  # the same function, other parameters: heads swapped, W_Q/W_K and
+    with torch.no_grad():  # ln1 rescaled against their readers
+        attn = b.blocks[0].attn
+        for w in (attn.W_Q, attn.W_K, attn.W_V, attn.W_O):
+            w.copy_(w.flip(0))
+        attn.W_Q.mul_(-3.0)
+        attn.W_K.div_(-3.0)
+        c = torch.linspace(0.5, 2.0, cfg.d_model)
+        b.blocks[0].ln1.w.mul_(c)
+        for w in (attn.W_Q, attn.W_K, attn.W_V):
+            w.div_(c[None, :, None])
+    tokens = torch.randint(0, 2, (4, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b(tokens), a(tokens), atol=1e-5, rtol=1e-5)
+    d = parameter_distances(a, b)
+    assert d.total["diff_norm"] > 0.1 * d.total["norm_a"]  # not aligned, and says so
+    said = " | ".join(d.symmetries)
+    for what in ("2 heads", "W_Q W_K^T", "W_V W_O", "hidden units", "LayerNorm weight"):
+        assert what in said, (what, said)
+    assert "ln_final: W_U" in said  # untied; a tied W_U is W_E, no such symmetry
+    tied = parameter_distances(MarkovTransformer(ModelConfig.paper(n_ctx=16), seed=0), a)
+    assert "ln_final" not in " | ".join(tied.symmetries)
+
+    only_ln = copy.deepcopy(a)
+    with torch.no_grad():
+        only_ln.blocks[0].ln2.w.mul_(1.5)
+    d = parameter_distances(a, only_ln)
+    assert d.total["diff_norm"] == 0 and d.total["cosine"] == pytest.approx(1.0)
+    names = ["blocks.0.ln1.w", "blocks.0.ln2.w", "ln_final.w"]
+    assert d.layernorm["parameters"] == names
+    want = float(0.5 * a.blocks[0].ln2.w.detach().double().norm())
+    assert d.layernorm["diff_norm"] == pytest.approx(want, rel=1e-9)
+
+    other = MarkovTransformer(cfg, seed=1)  # two seeds: LayerNorm weights 1 in both
+    d = parameter_distances(a, other)
+    assert d.layernorm["cosine"] == pytest.approx(1.0)
+    wa, wb = named_weights(a), named_weights(other)
+    rest = [n for n in wa if n not in names]
+    flat_a = torch.cat([wa[n].double().flatten() for n in rest])
+    flat_b = torch.cat([wb[n].double().flatten() for n in rest])
+    cos = float(flat_a @ flat_b / (flat_a.norm() * flat_b.norm()))
+    assert d.total["cosine"] == pytest.approx(cos, abs=1e-12) and abs(cos) < 0.3
+
+
 # ----------------------------------------------------------------------- compare()
 
 
@@ -347,3 +393,30 @@ def test_cli_compare_two_runs_and_a_timeline(runs, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["compare", str(runs["tied"]), str(runs["untied"]), "--n-seqs", "0"]) == 2
     assert "n_seqs must be a positive integer" in capsys.readouterr().err
+
+
+def test_cka_is_nan_with_a_reason_below_the_variance_floor(gen):
+    """A unigram checkpoint's output is constant up to rounding (dependence ~1e-10): its CKA
+    would be computed on rounding noise (v1: 0.20). Rank-1 representations get a note."""
+    from interp.compare.cka import VARIANCE_FLOOR, representations
+    from training.references import stationary_marginal
+
+    pi = stationary_marginal(CHAIN)
+    model = MarkovTransformer(ModelConfig.paper(n_ctx=16, init="theta_pi"), pi=pi).eval()
+    tokens = torch.randint(0, 2, (8, 16), generator=gen)
+    lp = representations(model, tokens, ["resid_post.0"])["log_probs"].double()
+    noisy = lp + 1e-9 * torch.randn(lp.shape, generator=gen, dtype=torch.float64)
+    real = torch.randn(lp.shape[0], 4, generator=gen, dtype=torch.float64)
+    assert float(linear_cka(noisy - noisy.mean(0), real)) > 0.0  # centred: noise gives a value
+    assert math.isnan(float(linear_cka(noisy, real)))
+    result = cka_matrix({"log_probs": noisy, "real": real}, {"real": real})
+    assert math.isnan(float(result.matrix[0, 0])) and float(result.matrix[1, 0]) == 1.0
+    assert "relative spread" in result.undefined["A:log_probs"]
+    assert result.to_dict()["variance_floor"] == VARIANCE_FLOOR
+    # two different functions of a binary x_n: CKA 1, and the result says why
+    x = torch.randint(0, 2, (200,), generator=gen).double()
+    f = torch.stack([x, 2 * x], 1) + 0.3
+    g = torch.stack([-x, 5 * x, x], 1)
+    both = cka_matrix({"f": f}, {"g": g})
+    assert float(both.matrix[0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert both.notes and "rank 1" in both.notes[0]

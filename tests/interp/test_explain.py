@@ -193,3 +193,28 @@ def test_cli_commands(runs, tmp_path, capsys):
         == 2
     )
     assert "in-context chain" in capsys.readouterr().err
+
+
+def test_patching_and_attention_figures_show_their_data(runs):
+    """The patch_* heatmaps keep only the positions the corruption touches (v1: one informative
+    column of 32, the rest a flat field) and the attention heatmaps use a scale relative to
+    uniform attention (v1: linear 0-1, uniformly dark): tests.figures.assert_fills_axes."""
+    import matplotlib.pyplot as plt
+
+    from interp.attention import plot_patterns
+    from interp.patching.plots import plot_patching_result
+    from tests.figures import assert_fills_axes
+
+    run = load_run(runs["bigram"])
+    expl = explain_model(run.model(device="cpu"), run.chain, ExplainConfig(n_seqs=32))
+    for by_direction in expl.patching.values():
+        for res in by_direction.values():
+            fig = plot_patching_result(res, "t")
+            assert_fills_axes(fig)
+            assert fig.axes[0].get_images()[0].get_array().shape[1] == 1  # only x_n is touched
+            assert f"{res.n_changed} of {res.n_pairs} pairs changed" in fig.axes[0].get_title()
+            plt.close(fig)
+    for patterns in (expl.patterns_example, expl.patterns_mean):
+        fig = plot_patterns(patterns, None)
+        assert_fills_axes(fig)
+        plt.close(fig)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,8 +12,9 @@ import markov_lens as ml
 from interp.atlas import AtlasConfig, measure_model
 from interp.atlas.labels import atlas_label
 from markov_lens.zoo import NAMES, ROOT
-from markov_lens.zoo.build import build
+from markov_lens.zoo.build import BUILT_ON, build
 from tests.tiny_runs import one_thread
+from training.fused_attention import fingerprint
 
 FAST = AtlasConfig(n_seqs=32, probes=False, timeline=False)
 
@@ -43,12 +46,24 @@ def test_unknown_zoo_name_is_one_clear_error():
         ml.load_run("zoo/nope")
 
 
+REBUILD_ATOL = 1e-4  # another CPU or kernel build: float32 rounding over 400 updates
+
+
 def test_rebuilding_gives_the_same_weights(tmp_path):
+    """Bit for bit on the machine that built the zoo (BUILT_ON.json), within REBUILD_ATOL
+    on any other (another instruction set sums in another order)."""
     with one_thread():
         build(("untied-p0.5-q0.8", "theta-pi-p0.5-q0.8"), root=tmp_path)
+    built_on = json.loads((ROOT / BUILT_ON).read_text())
+    here = json.loads((tmp_path / BUILT_ON).read_text())
+    assert here == fingerprint()
     for name in ("untied-p0.5-q0.8", "theta-pi-p0.5-q0.8"):
         (shipped,) = (ROOT / name).glob("checkpoints/*/model.safetensors")
         (rebuilt,) = (tmp_path / name).glob("checkpoints/*/model.safetensors")
         a, b = load_file(shipped), load_file(rebuilt)
         assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+        if here == built_on:
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        else:
+            worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+            assert worst < REBUILD_ATOL, (name, worst, built_on, here)

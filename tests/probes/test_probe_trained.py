@@ -158,3 +158,18 @@ def test_cli_over_checkpoints(run_dir, tmp_path, capsys):
     for name in ("heatmap_score.png", "heatmap_selectivity.png", "steps_next_prob.png"):
         assert_drawn(out / name)
     assert "next_prob" in capsys.readouterr().out
+
+
+def test_tables_carry_chance_and_selectivity_only_above_chance(tables):
+    t, th = tables["trained"], tables["theta_pi"]
+    for row in [*t.values(), *th.values()]:
+        if row["kind"] == "discrete" and not row["note"].startswith("constant"):
+            assert 0 < row["chance"] < 1 and math.isfinite(row["control_score"])
+            assert math.isfinite(row["selectivity"]) == row["above_chance"], row
+    # theta_pi's embedding is zero: x_n at chance there, so no selectivity, and the row says so
+    at_chance = th["embed", "x_n"]
+    assert at_chance["above_chance"] is False and math.isnan(at_chance["selectivity"])
+    assert at_chance["note"] == "at chance: no selectivity"
+    decoded = t["embed", "x_n"]
+    assert decoded["above_chance"] is True
+    assert decoded["selectivity"] == pytest.approx(decoded["score"] - decoded["control_score"])

@@ -99,7 +99,7 @@ def test_plot(capsys, tmp_path, argv):
         (["--random-kernel", "--order", "2"], "--random-kernel needs --states"),
         (["--random-kernel", "--states", "1"], "states must be >= 2"),
         (["--in-context", "--states", "2", "--alpha", "0"], "alpha must be a positive"),
-        (["--kernel", "/no/such/kernel.json"], "No such file"),
+        (["--kernel", "/no/such/kernel.json"], "kernel.json does not exist"),
         (["--p", "0.5", "--q", "0.5", "--plot", "x.png", "--length", "1"], "--length must be >= 2"),
     ],
 )

@@ -74,7 +74,8 @@ def test_tying_reproduction_writes_figures_csv_and_markdown(tmp_path):
         ("0.5", "0.8", "False"),
     }
     for r in table:
-        assert int(r["bigram"]) + int(r["unigram"]) + int(r["neither"]) == int(r["finished"]) == 1
+        labels = ("bigram", "unigram", "neither", "not_converged", "undecided")
+        assert sum(int(r[v]) for v in labels) == int(r["finished"]) == 1
     md = (tmp_path / "t" / "summary.md").read_text()
     assert "tied, p=0.5, q=0.8 (p+q>1): ends at the unigram point" in md
     assert "seeds |" in md and "![loss_curves](loss_curves.png)" in md
@@ -122,7 +123,7 @@ def test_reproduce_errors(tmp_path):
         reproduce("tying", tmp_path, size="huge")
     with pytest.raises(ValueError, match="seeds"):
         reproduce("tying", tmp_path, seeds=0)
-    assert set(EXPERIMENTS) == {"tying", "depth", "second-order", "phase-diagram"}
+    assert set(EXPERIMENTS) == {"tying", "depth", "second-order", "phase-diagram", "in-context"}
 
 
 def test_claims_and_cells_carry_intervals_and_a_status():

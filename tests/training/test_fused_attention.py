@@ -4,7 +4,9 @@ torch.func transforms; and the model's branches over windows, lengths and depths
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,21 @@ from training.fused_attention import (
 from training.model import MarkovTransformer
 
 WINDOWS = [None, 0, 1, 2, 7, 31]
+# every build this CPU can run: the native one and, on x86, the AVX2 and portable paths
+MARCHES = ["native"] + (
+    ["x86-64-v3", "x86-64"] if platform.machine() in ("x86_64", "AMD64") else []
+)
+
+
+@pytest.fixture(params=MARCHES)
+def march(request, monkeypatch):
+    """Run the test with the kernel built for this -march (skipped where it cannot run)."""
+    if request.param != "native":
+        build = fa.load_kernel(request.param)
+        if build is None:
+            pytest.skip(f"no {request.param} build here: {fa._status[request.param]}")
+    monkeypatch.setenv(fa.MARCH_ENV, request.param)
+    return request.param
 
 
 def qkv(rows, n, d, seed=0, dtype=torch.float32):
@@ -49,13 +66,14 @@ def test_the_kernel_builds_where_a_compiler_exists():
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 33, 100])
 @pytest.mark.parametrize("d", [1, 3, 4, 8, 16])
-def test_kernel_equals_the_masked_reference(n, d):
+def test_kernel_equals_the_masked_reference(n, d, march):
+    """Every build (AVX-512, AVX2, portable) against float64, within one tolerance."""
     for window in WINDOWS + [n - 2, n - 1, n, 10 * n]:
         if window is not None and window < 0:
             continue
         q, k, v = qkv((2, 3), n, d, seed=n * 100 + d)
         do = torch.randn(2, 3, n, d, generator=torch.Generator().manual_seed(1))
-        z = fused_attention(q, k, v, window)
+        z = fused_attention(q, k, v, window, kernel="kernel")
         grads = torch.autograd.grad(z, (q, k, v), do)
         ref, ref_grads = reference64(q, k, v, window, do)
         assert (z.double() - ref).abs().max() < 1e-6, (n, d, window)
@@ -81,17 +99,17 @@ def test_torch_fallbacks_equal_the_reference(monkeypatch, window):
         assert (band - reference_attention(q64, k64, v64, window)).abs().max() < 1e-12
 
 
-def test_vmap_folds_into_the_kernel_and_keeps_gradients():
+def test_vmap_folds_into_the_kernel_and_keeps_gradients(march):
     q, k, v = qkv((4, 3), 20, 8, seed=5)  # 4 vmapped members of 3 rows each
     do = torch.randn(4, 3, 20, 8, generator=torch.Generator().manual_seed(6))
-    z = torch.func.vmap(lambda a, b, c: fused_attention(a, b, c, 2))(q, k, v)
+    z = torch.func.vmap(lambda a, b, c: fused_attention(a, b, c, 2, "kernel"))(q, k, v)
     grads = torch.autograd.grad(z, (q, k, v), do)
     ref, ref_grads = reference64(q, k, v, 2, do)
     assert (z.double() - ref).abs().max() < 1e-6
     for g, r in zip(grads, ref_grads, strict=True):
         assert (g.double() - r).abs().max() < 1e-5
     # one member's keys shared by all (in_dims None)
-    z = torch.func.vmap(lambda a, c: fused_attention(a, k[0], c, None))(q, v)
+    z = torch.func.vmap(lambda a, c: fused_attention(a, k[0], c, None, "kernel"))(q, v)
     ref = reference_attention(q.double(), k[0].double().expand(4, -1, -1, -1), v.double(), None)
     assert (z.double() - ref).abs().max() < 1e-6
 
@@ -106,7 +124,10 @@ def test_double_backward_and_grad_transforms_take_differentiable_paths():
         (gq,) = torch.autograd.grad((attend(q, k, v, 3) * w).sum().sin(), q, create_graph=True)
         return torch.autograd.grad((gq * w).sum(), (q, k, v))
 
-    for a, b in zip(hvp(fused_attention), hvp(reference_attention), strict=True):
+    def kernel(q, k, v, window):
+        return fused_attention(q, k, v, window, kernel="kernel")
+
+    for a, b in zip(hvp(kernel), hvp(reference_attention), strict=True):
         assert (a - b).abs().max() < 1e-5
     # under jacrev the model takes the explicit branch (uses_fused is False)
     seen = []
@@ -128,12 +149,12 @@ def test_model_fused_branch_equals_the_explicit_branch(n_layers, n, window):
     model = MarkovTransformer(cfg, seed=n_layers)
     toks = torch.randint(0, 2, (3, n), generator=torch.Generator().manual_seed(n))
     zs = {}
-    for backend in ("explicit", "auto", "torch"):
+    for backend in ("explicit", "auto", "kernel", "torch"):
         model.set_attention_backend(backend)
         _, cache = model.run_with_cache(toks, names_filter=lambda name: name.endswith("hook_z"))
         zs[backend] = cache
     for name in zs["explicit"].keys():
-        for backend in ("auto", "torch"):
+        for backend in ("auto", "kernel", "torch"):
             diff = (zs[backend][name] - zs["explicit"][name]).abs().max()
             assert diff < 1e-6, (backend, name, float(diff))
 
@@ -160,3 +181,47 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path):
     assert out[1] == "1"
     assert "using torch's attention" in out[2]
     assert not list(tmp_path.glob("markov-lens/*.so"))
+
+
+def test_auto_takes_the_path_measured_faster_and_caches_the_choice(tmp_path, monkeypatch):
+    """choose() times both paths once per shape class, keeps the faster (never an assumed
+    one), writes the choice beside the library and reads it back in a new process."""
+    if fa._load() is None:
+        pytest.skip("no kernel on this machine")
+    monkeypatch.setattr(fa, "_choices", {})
+    build = fa._load()
+    lib = tmp_path / build.path.name
+    lib.write_bytes(b"")
+    monkeypatch.setattr(fa, "_load", lambda: dataclasses.replace(build, path=lib))
+    for fast, expected in (("torch", "torch"), ("kernel", "kernel")):
+        fa._choices.clear()
+        for f in tmp_path.glob("*.json"):
+            f.unlink()
+        timings = iter([1.0, 2.0] if fast == "kernel" else [2.0, 1.0])
+        monkeypatch.setattr(fa, "_time", lambda fn, repeats=3, t=timings: next(t))
+        choice, why = fa.choose(1000, 8, None, True)
+        assert choice == expected and why.startswith(f"{expected}: measured forward + backward")
+        (saved,) = tmp_path.glob("*-choices.json")
+        assert expected in saved.read_text()
+        fa._choices.clear()  # a new process: the cached file decides, nothing is timed
+        monkeypatch.setattr(fa, "_time", lambda fn, repeats=3: pytest.fail("timed again"))
+        assert fa.choose(1024, 8, None, True) == (expected, why + " (cached)")
+    monkeypatch.setenv(fa.CHOICE_ENV, "torch")
+    assert fa.choose(1000, 8, None, True)[0] == "torch"
+    monkeypatch.setenv(fa.CHOICE_ENV, "bogus")
+    with pytest.raises(ValueError, match="MARKOV_LENS_ATTENTION must be one of"):
+        fa.choose(1000, 8, None, True)
+
+
+def test_shape_classes_round_up_and_separate_windows():
+    assert fa.shape_class(1000, 8, None, True, rows=16)[:5] == (16, 1024, 8, None, True)
+    assert fa.shape_class(1024, 8, 8, False, rows=3)[:5] == (4, 1024, 8, 16, False)
+    assert fa.shape_class(64, 8, 40, True, rows=1000)[0] == fa.MEASURE_ROWS  # capped
+    assert fa.shape_class(64, 8, 40, True)[3] == "wide"  # past the unfolded band's reach
+
+
+def test_kernel_info_names_the_cpu_and_the_build():
+    info = fa.kernel_info()
+    assert info["cpu"] and info["rule"] == "measure"
+    if info["status"] == "loaded":
+        assert info["build"].split()[0] in ("avx512", "avx2", "neon", "portable")

@@ -13,6 +13,7 @@ from interp.atlas.measure import AtlasConfig
 from interp.compare import ComparisonConfig
 from interp.explain import ExplainConfig
 from interp.landscape.sample import LandscapeConfig
+from interp.measurement import MeasurementSpec
 from interp.report import ReportConfig
 from interp.timeline import TimelineConfig
 from probes.sweeps import ProbeConfig
@@ -31,6 +32,7 @@ CONFIGS = [
     (TimelineConfig, "timeline config", "steps", [0, 4]),
     (AtlasConfig, "atlas config", "max_len", 64),
     (ExplainConfig, "explain config", "corruptions", ["flip"]),
+    (MeasurementSpec, "measurement spec", "flip_seqs", 32),
 ]
 IDS = [c[0].__name__ for c in CONFIGS]
 

@@ -462,7 +462,10 @@ def test_untied_model_learns_the_kernel_on_short_sequences():
 
 def test_theta_pi_init_with_zero_lr_is_unigram():
     chain = BinaryChain(0.5, 0.8)
-    res = train(small_model(init="theta_pi"), chain, tiny(iters=4, lr=0.0), progress=False)
+    # batch 16: 240 evaluation tokens, above the verdict's minimum sample (200)
+    res = train(
+        small_model(init="theta_pi"), chain, tiny(iters=4, lr=0.0, batch=16), progress=False
+    )
     assert res["verdict"] == "unigram"
     assert res["final_dependence"] == pytest.approx(0.0, abs=1e-9)
     assert res["final_rel_unigram"] == pytest.approx(0.0, abs=1e-9)
@@ -477,7 +480,10 @@ def test_other_chain_families_train_and_get_references():
     lag = train(small_model(), KthOrderChain.lag(2, 0.2, 0.3), tiny(iters=6), progress=False)
     assert lag["references"]["order_losses"][2] == pytest.approx(lag["entropy_rate"])
     assert len(lag.metrics[-1]["kernel_hat"]) == 4  # 2^2 contexts
-    ic = train(small_model(), InContextChain(states=2), tiny(iters=6), progress=False)
+    # 4 eval batches: 240 predicted tokens, above the verdicts' minimum sample (200)
+    ic = train(
+        small_model(), InContextChain(states=2), tiny(iters=6, eval_batches=4), progress=False
+    )
     refs = ic["references"]
     assert refs["kind"] == "in_context" and refs["optimal_loss"] < refs["unigram_loss"]
     assert ic["verdict"] == "neither" and ic["final_rel_excess"] > 0.2  # 6 updates: not learnt

@@ -101,3 +101,34 @@ def test_first_order_predictor_on_a_full_history_order_2_chain():
     assert best["verdict"] == "bigram" and best["order_label"] == "order-2 (optimal)"
     one, rec = judge(chain, rows(first))
     assert one["order_label"] == "order-1" and one["verdict"] == "neither"
+
+
+def _records(us, rs=None):
+    rs = rs or [1.0] * len(us)
+    return [
+        {"step": 10 * i, "rel_excess": r, "rel_unigram": u, "dependence": 0.0, "kl": 0.05}
+        for i, (u, r) in enumerate(zip(us, rs, strict=True))
+    ]
+
+
+def test_unigram_needs_a_flat_approach_and_enough_evaluation_tokens():
+    flat = summarise_metrics(_records([0.5, 0.04, 0.03, 0.03]), gap=0.047)
+    assert flat["verdict"] == "unigram" and "verdict_reason" not in flat
+    moving = summarise_metrics(_records([0.49, 0.17, 0.06, 0.03]), gap=0.047)
+    assert moving["verdict"] == "not converged"
+    assert "still moving" in moving["verdict_reason"] and "0.06" in moving["verdict_reason"]
+    small = summarise_metrics(_records([0.5, 0.04, 0.03, 0.03]), gap=0.047, eval_targets=199)
+    assert small["verdict"] == "undecided" and "199 predicted tokens" in small["verdict_reason"]
+    enough = summarise_metrics(_records([0.5, 0.04, 0.03, 0.03]), gap=0.047, eval_targets=200)
+    assert enough["verdict"] == "unigram"
+
+
+def test_a_30_step_model_is_not_called_unigram():
+    """Notebook 01 at test size: 30 updates, still approaching the marginal (v1: "unigram")."""
+    from training.config import ModelConfig
+    from training.trainer import train
+
+    tc = TrainConfig.paper(iters=30, seq_len=32, batch=8, eval_batches=1, eval_every=10)
+    res = train(ModelConfig.paper(n_ctx=32), CHAIN, tc, seed=0, progress=False)
+    assert res["final_rel_unigram"] <= 0.1  # the old rule's "unigram"
+    assert res["verdict"] == "not converged", res["verdict"]

@@ -1,11 +1,13 @@
 """The chain families: the MarkovChain interface, BinaryChain, KthOrderChain (explicit kernel,
-with lag, symmetric and random constructors) and InContextChain (a kernel per sequence).
+with lag, symmetric and random constructors) and InContextChain (a kernel per sequence, or per
+group of sequences of a minibatch).
 
 Conventions are in the package docstring (``training.chains``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar
@@ -253,7 +255,14 @@ class KthOrderChain(_FixedKernelChain):
 
 @dataclass(frozen=True)
 class InContextChain(MarkovChain):
-    """Every sequence draws its own order-k kernel; rows ~ Dirichlet(alpha).
+    """Every sequence (or group of sequences) draws its own order-k kernel; rows ~ Dirichlet(alpha).
+
+    ``group_size``: consecutive sequences of one ``sample`` call (a minibatch) share one kernel
+    in groups of ``group_size`` (the last group may be shorter); 1 (default) = a kernel per
+    sequence; None = one kernel per minibatch, the authors' ``--chain random``
+    (Bond1995/Markov, Markov-LLM-depth; binary rows P(1|.) ~ Uniform(0, 1) is states=2,
+    alpha=1). Each sequence's law, hence every per-sequence reference, is the same whatever
+    the group size; ``sample_kernels`` draws independent kernels from the prior.
 
     ``doubly_stochastic=True``: for each sequence and each context of the k-1 newest tokens
     c, the S x S matrix A[a, s] = K[a, c, s] is drawn as A[a, s] = w[(tau(s) - sigma(a)) mod S]
@@ -272,6 +281,7 @@ class InContextChain(MarkovChain):
     alpha: float = 1.0
     doubly_stochastic: bool = False
     init: str = "uniform"
+    group_size: int | None = 1
     family: ClassVar[str] = "in_context"
 
     def __post_init__(self):
@@ -282,6 +292,11 @@ class InContextChain(MarkovChain):
         if not isinstance(self.doubly_stochastic, bool):
             raise ValueError(f"doubly_stochastic must be a bool, got {self.doubly_stochastic!r}")
         check_init(self.init)
+        if self.group_size is not None:
+            what = " (sequences per kernel; None: one kernel per minibatch)"
+            object.__setattr__(
+                self, "group_size", check_int("group_size", self.group_size, 1, what)
+            )
         M = self.states**self.order
         if (
             self.init == "stationary"
@@ -298,15 +313,36 @@ class InContextChain(MarkovChain):
     def n_states(self) -> int:
         return self.states
 
+    @property
+    def add_alpha_is_bayes(self) -> bool:
+        """Whether the add-alpha predictor (``next_token_probs`` without kernels) is the exact
+        Bayes posterior predictive: independent Dirichlet(alpha) rows and uniform first tokens.
+        The doubly stochastic prior couples the rows (not Dirichlet per row) and
+        init="stationary" makes the first tokens informative, so there it is only add-alpha."""
+        return not self.doubly_stochastic and self.init == "uniform"
+
+    def per_sequence(self) -> InContextChain:
+        """This chain with a kernel per sequence (group_size=1): each sequence has the same law,
+        and independent sequences estimate per-sequence expectations (losses) best."""
+        return dataclasses.replace(self, group_size=1)
+
     def sample_kernels(
         self, batch: int, *, generator: torch.Generator | None = None, device=None
     ) -> Float[Tensor, "batch *ctx S"]:
-        """``batch`` kernels from the prior, float64 [batch] + [S]*k + [S]."""
+        """``batch`` independent kernels from the prior, float64 [batch] + [S]*k + [S]."""
         device = torch.device(device or (generator.device if generator is not None else "cpu"))
-        flat = self._draw_kernels(check_int("batch", batch, 1), generator, device)
+        flat = self._draw_prior(check_int("batch", batch, 1), generator, device)
         return flat.reshape([batch] + [self.states] * (self.order + 1))
 
     def _draw_kernels(self, batch, generator, device):
+        """One prior draw per group of ``group_size`` consecutive sequences, repeated over it."""
+        g = batch if self.group_size is None else min(self.group_size, batch)
+        if g == 1:
+            return self._draw_prior(batch, generator, device)
+        groups = -(-batch // g)
+        return self._draw_prior(groups, generator, device).repeat_interleave(g, 0)[:batch]
+
+    def _draw_prior(self, batch, generator, device) -> Float[Tensor, "batch M S"]:
         S, k = self.states, self.order
         if not self.doubly_stochastic:
             return dirichlet(self.alpha, (batch, S**k, S), generator, device)
@@ -332,8 +368,9 @@ class InContextChain(MarkovChain):
         Without: the Bayes posterior predictive under the Dirichlet(alpha) prior, i.e.
         add-alpha counts of the (last k tokens, next) pairs seen so far in the sequence,
         uniform while fewer than k tokens are seen. Exact for independent rows and uniform
-        init; for ``doubly_stochastic`` or ``init='stationary'`` it ignores the extra
-        prior structure (then it is the add-alpha estimator, not exact Bayes).
+        init (``add_alpha_is_bayes``); for ``doubly_stochastic`` or ``init='stationary'`` it
+        ignores the extra prior structure (then it is the add-alpha estimator, not exact
+        Bayes). Per sequence, so the same for every ``group_size``.
         """
         if kernels is not None:
             return super().next_token_probs(tokens, kernels)
@@ -347,4 +384,4 @@ class InContextChain(MarkovChain):
             "alpha": self.alpha,
             "doubly_stochastic": self.doubly_stochastic,
             "init": self.init,
-        }
+        } | ({} if self.group_size == 1 else {"group_size": self.group_size})

@@ -11,7 +11,10 @@ FAMILIES = ("binary", "kth_order", "in_context")
 _KEYS = {
     "binary": ({"p", "q"}, {"init"}),
     "kth_order": ({"kernel"}, {"init", "label"}),
-    "in_context": (set(), {"states", "order", "alpha", "doubly_stochastic", "init"}),
+    "in_context": (
+        set(),
+        {"states", "order", "alpha", "doubly_stochastic", "init", "group_size"},
+    ),
 }
 
 

@@ -18,6 +18,9 @@ minutes on a 2-core CPU; "test" = tiny, for the test suite):
 - phase-diagram: (p, q) on a 5 x 5 grid in (0,1)^2 without the line p + q = 1 (an i.i.d. chain
   where the two minima coincide), tied vs untied, 1 layer: the fraction of seeds that end at
   the unigram point and the median plateau exit step, as heatmaps.
+- in-context: in-context chains (presets.in_context_specs, report in_context): Edelman's
+  stages, the depth contrast on one kernel per minibatch, constant depth; "full" is the
+  authors' GPU setting, "quick" a CPU-sized preset.
 
 Nothing is tuned to make a claim come out: each claim is checked per seed and reported as
 "held for k of n seeds".
@@ -35,17 +38,21 @@ re-exports), so there are no import cycles:
   plot_loss_curves, reference_lines, order_lines, errorbar_means, pq_heatmap, label_axes);
 - ``reports``: tying_report, depth_report, second_order_report, phase_report (table,
   claims and figures of each experiment);
+- ``in_context``: in_context_report (the in-context reproduction, read against the four
+  in-context references);
 - ``reproduction``: EXPERIMENTS, reproduce() and its summary.md, Reproduction (the module
   is not named reproduce, so that it does not shadow the function).
 """
 
 from training.experiments.claims import Claim, check_claims, claims_table
+from training.experiments.in_context import in_context_report
 from training.experiments.presets import (
     MEASURED,
     SIZES,
     TINY,
     default_seeds,
     depth_specs,
+    in_context_specs,
     phase_grid,
     phase_specs,
     second_order_specs,
@@ -73,6 +80,8 @@ __all__ = [
     "default_seeds",
     "depth_report",
     "depth_specs",
+    "in_context_report",
+    "in_context_specs",
     "phase_grid",
     "phase_report",
     "phase_specs",

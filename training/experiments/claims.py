@@ -10,6 +10,7 @@ from typing import Any
 from training.experiments.tables import finished_runs
 from training.stats import claim_status, fmt_fraction, wilson_interval
 from training.sweeps import markdown_table
+from training.verdicts import VERDICTS
 
 
 @dataclass
@@ -31,9 +32,7 @@ def check_claims(rows: list[dict], claims: list[Claim]) -> list[dict[str, Any]]:
     for claim in claims:
         chosen = [r for r in finished_runs(rows) if claim.select(r)]
         held = sum(claim.check(r) for r in chosen)
-        verdicts = {
-            v: sum(r.get("verdict") == v for r in chosen) for v in ("bigram", "unigram", "neither")
-        }
+        verdicts = {v: sum(r.get("verdict") == v for r in chosen) for v in VERDICTS}
         lo, hi = wilson_interval(held, len(chosen))
         out.append(
             {

@@ -3,6 +3,9 @@ seed counts, and the wall times measured at the paper's settings.
 
 Sizes: "full" = the paper's settings (docs/theory.md section 3); "quick" = shorter sequences,
 fewer seeds, minutes on a 2-core CPU; "test" = tiny (TINY), for the test suite.
+
+Arithmetic: every preset trains in float32 (TrainConfig's default) unless an arithmetic is
+named (ARITHMETICS, with_arithmetic); "authors-gpu" is the paper's GPU runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ TINY = {
     "seq_len": 16,
     "batch": 4,
     "eval_every": 6,
-    "eval_batches": 1,
+    "eval_batches": 4,  # 4 x 4 x 15 = 240 predicted tokens: above the verdicts' 200
     "checkpoints_per_octave": 0,
 }
 
@@ -31,6 +34,26 @@ MEASURED = {
 }
 
 
+# The arithmetic of a run by name (TrainConfig precision, grad_scaler, tf32). "authors-gpu" is
+# what the paper's code does on CUDA (optim/base.py: fp16 autocast without a GradScaler;
+# main.py: TF32 matmuls on), so CUDA only; "fp16" is it without TF32 (what a CPU emulates),
+# "fp16-scaled" the same with dynamic loss scaling.
+ARITHMETICS = {
+    "fp32": {"precision": "fp32", "grad_scaler": False, "tf32": False},
+    "bf16": {"precision": "bf16", "grad_scaler": False, "tf32": False},
+    "fp16": {"precision": "fp16", "grad_scaler": False, "tf32": False},
+    "fp16-scaled": {"precision": "fp16", "grad_scaler": True, "tf32": False},
+    "authors-gpu": {"precision": "fp16", "grad_scaler": False, "tf32": True},
+}
+
+
+def with_arithmetic(specs: list[dict], name: str) -> list[dict]:
+    """`specs` (sweep specs) with every train section set to ARITHMETICS[name]."""
+    if name not in ARITHMETICS:
+        raise ValueError(f"unknown arithmetic {name!r}; available: {', '.join(ARITHMETICS)}")
+    return [s | {"train": dict(s.get("train") or {}) | ARITHMETICS[name]} for s in specs]
+
+
 def _train(size: str, full: dict, quick: dict) -> dict:
     base = {"full": full, "quick": quick, "test": TINY}[size]
     return dict(base) | {"eval_seed": EVAL_SEED}
@@ -38,9 +61,11 @@ def _train(size: str, full: dict, quick: dict) -> dict:
 
 def default_seeds(name: str, size: str) -> int:
     """Seeds per cell when none are given: the paper's 3 (full), 3 for a quick reproduction
-    (2 for the 24-cell quick phase diagram), 1 at test size."""
+    (2 for the 24-cell quick phase diagram), 5 for in-context (both sizes), 1 at test size."""
     if size == "test":
         return 1
+    if name == "in-context":
+        return 5
     return 2 if (name, size) == ("phase-diagram", "quick") else 3
 
 
@@ -132,4 +157,61 @@ def phase_specs(size: str, seeds: int) -> list[dict]:
         for p in grid
         for q in grid
         if abs(p + q - 1) > 1e-9
+    ]
+
+
+# --------------------------------------------------------------------------- in-context
+
+# The authors' depth settings (Bond1995/Markov, Markov-LLM-depth): length 512, d_model 32,
+# lr 0.01, AdamW, 8,000 iterations: a GPU preset ("full"). "quick" is the CPU-sized preset
+# (NOT the paper's settings): length 128, batch 32, d_model 32, a constant lr 3e-3 (as
+# notebook 05), IN_CONTEXT_CPU_ITERS updates.
+IN_CONTEXT_CPU_ITERS = 3000
+
+
+def in_context_specs(size: str, seeds: int) -> list[dict]:
+    """The in-context reproduction's three blocks (training.experiments.in_context):
+
+    (a) stages: 2 layers, attention-only, untied, 3 states, a kernel per sequence, Dirichlet(1)
+        rows vs the doubly stochastic prior (Edelman et al. 2024);
+    (b) depth: layers {1, 2, 3} (full: {1, 2, 3, 4}) on binary first-order chains with one
+        kernel per minibatch (group_size "batch": the authors' --chain random);
+    (c) constant depth: binary order k in {1, 2, 3} (full: {1, 2, 3, 4}) x layers {2, 3},
+        a kernel per sequence (Rajaraman et al. 2024).
+    """
+    train = _train(
+        size,
+        {"iters": 8000, "seq_len": 512, "batch": 16, "lr": 0.01},
+        {
+            "iters": IN_CONTEXT_CPU_ITERS,
+            "seq_len": 128,
+            "batch": 32,
+            "lr": 3e-3,
+            "schedule": "constant",
+            "eval_every": 50,
+        },
+    )
+    d = 32 if size != "test" else 8
+    layers = {"full": [1, 2, 3, 4], "quick": [1, 2, 3], "test": [1, 2]}[size]
+    orders = {"full": [1, 2, 3, 4], "quick": [1, 2, 3], "test": [1, 2]}[size]
+    deep = {"full": [2, 3], "quick": [2, 3], "test": [2]}[size]
+    return [
+        {
+            "chain": {"in_context": True, "states": 3, "doubly_stochastic": [False, True]},
+            "model": {"layers": 2, "d_model": d, "mlp": False, "tie": False},
+            "train": train,
+            "seeds": seeds,
+        },
+        {
+            "chain": {"in_context": True, "group_size": "batch"},
+            "model": {"layers": layers, "d_model": d},
+            "train": train,
+            "seeds": seeds,
+        },
+        {
+            "chain": {"in_context": True, "order": orders},
+            "model": {"layers": deep, "d_model": d},
+            "train": train,
+            "seeds": seeds,
+        },
     ]

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from training.experiments.claims import claims_table
+from training.experiments.in_context import in_context_report
 from training.experiments.presets import (
     SIZES,
     default_seeds,
     depth_specs,
+    in_context_specs,
     phase_specs,
     second_order_specs,
     tying_specs,
+    with_arithmetic,
 )
 from training.experiments.reports import (
     depth_report,
@@ -38,6 +41,15 @@ EXPERIMENTS: dict[str, tuple[Callable, Callable, str]] = {
         "lag-2 chain: attention windows vs depth",
     ),
     "phase-diagram": (phase_specs, phase_report, "(p, q) grid: where the unigram trap happens"),
+    "in-context": (
+        in_context_specs,
+        in_context_report,
+        "in-context chains: Edelman's stages (2-layer attention-only, Dirichlet vs doubly "
+        "stochastic prior), the depth contrast on one kernel per minibatch (1 vs 2, 3 layers) "
+        "and constant depth (order k x 2, 3 layers), against the add-alpha (Bayes) loss; full = "
+        "the authors' GPU settings (length 512, d_model 32, lr 0.01, 8000 steps), quick = a "
+        "CPU preset (length 128, 3000 steps)",
+    ),
 }
 
 
@@ -64,11 +76,14 @@ def reproduce(
     workers: int | None = None,
     progress: bool = True,
     force: bool = False,
+    arithmetic: str | None = None,
 ) -> Reproduction:
     """Run experiment `name` (see EXPERIMENTS) at `size` with `seeds` seeds per cell (default:
     default_seeds) and write figures, summary.csv and summary.md to out_dir (default
-    runs/NAME or runs/NAME-SIZE). An out_dir holding this experiment at another size or seed
-    count is refused (FileExistsError) unless force=True (see run_sweep)."""
+    runs/NAME or runs/NAME-SIZE, with -ARITHMETIC). arithmetic: a name of
+    presets.ARITHMETICS ("authors-gpu": the paper's fp16 + TF32 GPU runs); None trains in
+    float32 with the specs as they are. An out_dir holding this experiment at another size,
+    seed count or arithmetic is refused (FileExistsError) unless force=True (see run_sweep)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}")
     if size not in SIZES:
@@ -76,16 +91,24 @@ def reproduce(
     if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     n_seeds = seeds or default_seeds(name, size)
+    suffix = "" if arithmetic is None else f"-{arithmetic}"
     out = (
         Path(out_dir)
         if out_dir is not None
-        else Path("runs") / (name if size == "full" else f"{name}-{size}")
+        else Path("runs") / ((name if size == "full" else f"{name}-{size}") + suffix)
     )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; a reproduction's output must be a directory")
-    out.mkdir(parents=True, exist_ok=True)
     make_specs, report, description = EXPERIMENTS[name]
     specs = make_specs(size, n_seeds)
+    if arithmetic is not None:
+        from training.recipe import TrainConfig
+        from training.trainer import check_arithmetic, resolve_device
+
+        specs = with_arithmetic(specs, arithmetic)
+        tc = TrainConfig(**specs[0]["train"])
+        check_arithmetic(tc, resolve_device(tc.device))  # e.g. TF32 on a CPU: refused now
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result: SweepResult = run_sweep(
         specs, out / "sweep", workers=workers, progress=progress, force=force

@@ -62,6 +62,9 @@ def cell_table(rows: list[dict], keys: tuple[str, ...]) -> list[dict[str, Any]]:
             "bigram": sum(r.get("verdict") == "bigram" for r in fin),
             "unigram": sum(r.get("verdict") == "unigram" for r in fin),
             "neither": sum(r.get("verdict") == "neither" for r in fin),
+            # the verdicts that withhold a label (training.verdicts): still moving, too few tokens
+            "not_converged": sum(r.get("verdict") == "not converged" for r in fin),
+            "undecided": sum(r.get("verdict") == "undecided" for r in fin),
             "unigram_fraction": fmt_fraction(n_uni, len(fin)),
             **(
                 {"order_labels": _label_counts(fin)}

@@ -96,7 +96,8 @@ def plan_groups(
             continue
         if key not in caps:
             rc = build_run_config(t["options"] | {"seed": t["seed"]})
-            caps[key] = (max_members or default_max_members(rc)) if stacking_pays(rc) else 1
+            stackable = stacking_pays(rc) and not rc.train.grad_scaler  # one scaler per run
+            caps[key] = (max_members or default_max_members(rc)) if stackable else 1
         by_key.setdefault(key, []).append(t)
     groups: list[list[dict]] = []
     for key, ts in by_key.items():

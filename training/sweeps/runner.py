@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from training.locks import lock_directory
-from training.runs import SUMMARY, read_json, write_json_atomic
+from training.runs import SUMMARY, atomic_path, read_json, write_json_atomic
 from training.sweeps.registry import get_backend
 from training.sweeps.spec import RunTask, expand, load_spec
 from training.sweeps.tasks import run_task
@@ -192,13 +192,11 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
         for key in row:
             if key not in columns:
                 columns.append(key)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    os.replace(tmp, path)
     return path
 
 
@@ -230,6 +228,8 @@ AGGREGATE_MD_COLUMNS = (
     "frac_bigram",
     "frac_unigram",
     "frac_neither",
+    "frac_not converged",
+    "frac_undecided",
     "loss_mean",
     "loss_std",
     "entropy_rate",

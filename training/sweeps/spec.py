@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from training.limits import check_plain_data, read_input_file
 from training.options import (
     CHAIN_OPTIONS,
     MAX_SEED,
@@ -66,16 +67,16 @@ def max_bracket_depth(text: str) -> int:
 
 
 def load_spec(path: str | os.PathLike) -> dict | list:
-    """Read a YAML (.yaml/.yml) or JSON spec file (ValueError if it cannot be parsed)."""
+    """Read a YAML (.yaml/.yml) or JSON spec file (ValueError if it cannot be parsed, or is
+    not plain data: training.limits.check_plain_data). Only a regular file of at most
+    limits.MAX_INPUT_BYTES is read (a FIFO or a device is refused, not waited on)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"spec file {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a spec file")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a text file: {err}") from None
+    doc = _parse_spec(path, read_input_file(path, "spec file"))
+    check_plain_data(doc, str(path))
+    return doc
+
+
+def _parse_spec(path: Path, text: str) -> Any:
     depth = max_bracket_depth(text)
     if depth > MAX_SPEC_DEPTH:
         raise ValueError(f"{path} nests {depth} levels deep; a spec needs at most a few")
@@ -89,6 +90,11 @@ def load_spec(path: str | os.PathLike) -> dict | list:
                 seen = set()
                 for key_node, _ in node.value:
                     key = self.construct_object(key_node, deep=deep)
+                    if not isinstance(key, str):  # `? [a, b]`, `1: x`: data keys are strings
+                        raise ValueError(
+                            f"{path}: the key on line {key_node.start_mark.line + 1} is a "
+                            f"{type(key).__name__}; keys must be strings"
+                        )
                     if key in seen:
                         raise ValueError(
                             f"{path}: key {key!r} appears twice in one mapping (line "
@@ -105,6 +111,10 @@ def load_spec(path: str | os.PathLike) -> dict | list:
         except (yaml.YAMLError, RecursionError) as err:
             reason = " ".join(str(err).split())[:200]  # one line, however YAML words it
             raise ValueError(f"{path} is not valid YAML: {reason}") from None
+        except ValueError as err:
+            if "integer string conversion" in str(err):
+                raise _too_many_digits(path) from None
+            raise
 
     def unique(pairs: list) -> dict:
         keys = [k for k, _ in pairs]
@@ -117,6 +127,16 @@ def load_spec(path: str | os.PathLike) -> dict | list:
         return json.loads(text, object_pairs_hook=unique)
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
+    except ValueError as err:
+        if "integer string conversion" in str(err):
+            raise _too_many_digits(path) from None
+        raise
+
+
+def _too_many_digits(path: Path) -> ValueError:
+    return ValueError(
+        f"{path} holds an integer of thousands of digits; a spec's integers have at most about 30"
+    )
 
 
 MAX_RUNS = 100_000  # runs in one sweep (a bigger grid is almost surely a typo)

@@ -31,6 +31,8 @@ re-exports), so there are no import cycles:
 - ``rundir``: the run directory before training: config_dict, prepare_run_dir, resume
   (find_resume_checkpoint, check_checkpoint_config, truncate_metrics,
   clean_partial_saves), RUN_FORMAT;
+- ``arithmetic``: the run's precision, loss scaler and TF32 (AUTOCAST_DTYPES, Arithmetic,
+  check_arithmetic, tf32_matmuls, autocast_works);
 - ``summaries``: how a run ends: TrainResult, TrainingDiverged, finished_summary,
   stop_diverged, TIMING_KEYS;
 - ``loop``: the one training loop (EnsembleLoop, MemberStart; one update: _train_step);
@@ -44,6 +46,13 @@ this package at call time (training.sweeps.tasks.run_task).
 """
 
 from training.devices import resolve_device
+from training.trainer.arithmetic import (
+    AUTOCAST_DTYPES,
+    Arithmetic,
+    autocast_works,
+    check_arithmetic,
+    tf32_matmuls,
+)
 from training.trainer.ensemble import train, train_ensemble
 from training.trainer.evaluation import (
     IN_CONTEXT_REFERENCE_TOKENS,
@@ -91,6 +100,7 @@ from training.trainer.summaries import (
 )
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "DECAYED_LEAVES",
     "IN_CONTEXT_REFERENCE_TOKENS",
     "RUN_FORMAT",
@@ -98,6 +108,7 @@ __all__ = [
     "STREAM_INIT",
     "STREAM_TRAIN",
     "TIMING_KEYS",
+    "Arithmetic",
     "EnsembleLoop",
     "EvalSet",
     "MemberOptimizer",
@@ -105,6 +116,8 @@ __all__ = [
     "PrecomputedLogits",
     "TrainResult",
     "TrainingDiverged",
+    "autocast_works",
+    "check_arithmetic",
     "check_checkpoint_config",
     "clean_partial_saves",
     "config_dict",
@@ -126,6 +139,7 @@ __all__ = [
     "run_references",
     "stack_optimizer_state",
     "stop_diverged",
+    "tf32_matmuls",
     "train",
     "train_ensemble",
     "truncate_metrics",

@@ -3,7 +3,8 @@ a stack of members together, each as ``train(model_config, chain, train_config, 
 out_dir)`` would; ``train`` is an ensemble of one. Both check their inputs, lock the run
 directories (one process per run directory at a time), prepare or resume each member
 (training.trainer.rundir) and run the one training loop (training.trainer.loop) once per
-group of members that start at the same step.
+group of members that start at the same step, in the recipe's arithmetic
+(training.trainer.arithmetic: checked against the device before anything is written).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from training import limits
 from training.chains import MarkovChain, chain_from_dict
 from training.config import ModelConfig
 from training.devices import resolve_device
@@ -21,6 +23,7 @@ from training.options import RunConfig
 from training.recipe import TrainConfig
 from training.runs import METRICS, load_run
 from training.stacked import Member, as_member, check_same_architecture, train_key
+from training.trainer.arithmetic import check_arithmetic, tf32_matmuls
 from training.trainer.loop import EnsembleLoop, MemberStart
 from training.trainer.rundir import (
     clean_partial_saves,
@@ -146,8 +149,16 @@ def train_ensemble(
             raise ValueError(f"member {i}: seed must be an integer >= 0, got {m.seed!r}")
         mem.append(Member(m.model_config, chain, m.seed))
     check_same_architecture([m.model_config for m in mem])
+    estimate = limits.training_estimate(mem[0].model_config, train_config, len(mem))
+    limits.check_fits(estimate, "training", train_config.device)  # before any allocation
+    if train_config.grad_scaler and len(mem) > 1:
+        raise ValueError(
+            f"grad_scaler with {len(mem)} stacked members: one member's overflow would skip "
+            "every member's update; train these runs one by one (a stack of one each)"
+        )
     if stop_at is not None and not (0 <= stop_at <= train_config.iters):
         raise ValueError(f"stop_at must be in 0..{train_config.iters}, got {stop_at!r}")
+    check_arithmetic(train_config, resolve_device(train_config.device))
     dirs: list[Path | None] = [None] * len(mem)
     if out_dirs is not None:
         if len(out_dirs) != len(mem):
@@ -210,16 +221,17 @@ def _train_locked(
     by_step: dict[int, list[int]] = {}
     for i, state in starts.items():
         by_step.setdefault(state.step, []).append(i)
-    for step in sorted(by_step):
-        idx = by_step[step]
-        group = EnsembleLoop(
-            [mem[i] for i in idx],
-            [dirs[i] for i in idx],
-            [starts[i] for i in idx],
-            train_config,
-            device,
-            timings,
-        )
-        for i, result in zip(idx, group.run(progress, stop_at), strict=True):
-            results[i] = result
+    with tf32_matmuls(train_config.tf32):
+        for step in sorted(by_step):
+            idx = by_step[step]
+            group = EnsembleLoop(
+                [mem[i] for i in idx],
+                [dirs[i] for i in idx],
+                [starts[i] for i in idx],
+                train_config,
+                device,
+                timings,
+            )
+            for i, result in zip(idx, group.run(progress, stop_at), strict=True):
+                results[i] = result
     return results  # type: ignore[return-value]

@@ -27,7 +27,7 @@ from torch import Tensor
 from training.chains import InContextChain, MarkovChain, add_pseudocount_probs
 from training.model import MarkovTransformer
 from training.recipe import TrainConfig
-from training.references import in_context_losses, reference_losses, stationary_marginal
+from training.references import in_context_references, reference_losses, stationary_marginal
 from training.trainer.streams import STREAM_EVAL, derive_seed, make_generator
 from training.verdicts import relative
 
@@ -38,21 +38,26 @@ def run_references(chain: MarkovChain, train_config: TrainConfig) -> dict[str, A
     """The two reference losses of the verdict (nats): optimal_loss L* and unigram_loss L_u.
 
     Fixed chains: exact (entropy rate, H(pi), plus references.reference_losses). In-context
-    chains: references.in_context_losses at the training length, Bayes and add-alpha unigram
-    means (Monte Carlo, about 2^20 tokens, seed 0).
+    chains: references.in_context_references at the training length (Monte Carlo, about 2^20
+    tokens, seed 0): L* = the add-alpha loss (optimal_label says whether it is Bayes), L_u =
+    the in-context unigram loss, the uniform and oracle losses, and order_losses (add-alpha
+    order j = 0..k) for the order labels.
     """
     if isinstance(chain, InContextChain):
         n_seq = max(64, IN_CONTEXT_REFERENCE_TOKENS // train_config.seq_len)
-        ic = in_context_losses(
-            chain, length=train_config.seq_len, n_sequences=n_seq, seed=0, beta=chain.alpha
-        )
+        ic = in_context_references(chain, length=train_config.seq_len, n_sequences=n_seq, seed=0)
+        losses = ic["losses"]
         return {
             "kind": "in_context",
-            "optimal_loss": ic["bayes"]["mean"],
-            "unigram_loss": ic["unigram"]["mean"],
-            "uniform_loss": ic["uniform"]["mean"],
-            "oracle_loss": ic["oracle"]["mean"],
-            "monte_carlo_se": ic["bayes"]["se"],
+            "optimal_loss": losses["add_alpha"],
+            "unigram_loss": losses["in_context_unigram"],
+            "uniform_loss": losses["uniform"],
+            "oracle_loss": losses["oracle"],
+            "monte_carlo_se": ic["se"]["add_alpha"],
+            "optimal_label": ic["labels"]["add_alpha"],
+            "add_alpha_is_bayes": ic["add_alpha_is_bayes"],
+            "in_context_references": losses,
+            "order_losses": ic["order_losses"],
             "length": train_config.seq_len,
             "n_sequences": n_seq,
         }
@@ -78,13 +83,16 @@ class EvalSet:
         self.S, self.k = S, k
         eval_seed = seed if train_config.eval_seed is None else train_config.eval_seed
         gen = make_generator(device, derive_seed(eval_seed, STREAM_EVAL))
+        # in-context chains: a kernel per held-out sequence, whatever the training group size
+        # (each sequence's law is the same; a kernel per batch would judge on a few kernels)
+        source = chain.per_sequence() if self.in_context else chain
         self.tokens: list[Int[Tensor, "batch pos"]] = []
         self.true: list[Float[Tensor, "batch pos_m1 S"]] = []
         self.unigram: list[Float[Tensor, "batch pos_m1 S"]] = []
         self.context: list[Int[Tensor, "batch npos"]] = []
         pi = None if self.in_context else stationary_marginal(chain).to(device)
         for _ in range(train_config.eval_batches):
-            tokens = chain.sample(train_config.batch, train_config.seq_len, generator=gen)
+            tokens = source.sample(train_config.batch, train_config.seq_len, generator=gen)
             self.tokens.append(tokens)
             self.true.append(chain.next_token_probs(tokens)[:, :-1])
             if self.in_context:

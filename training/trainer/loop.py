@@ -4,14 +4,15 @@ own seeds, chains and inits; training.stacked) that start at the same step, fres
 of one), goes through it; training.trainer.ensemble sets it up.
 
 Per update: each member's training batch (streams.member_batches), the learning rate of
-the step (TrainConfig.lr_at), one stacked forward, backward and AdamW step (_train_step; a
-member whose loss is not finite is dropped with a "diverged" summary, the others go on),
+the step (TrainConfig.lr_at), one stacked forward, backward and AdamW step in the run's
+arithmetic (_train_step, training.trainer.arithmetic; a member whose loss is not finite is
+dropped with a "diverged" summary, the others go on),
 then evaluations (every eval_every steps), checkpoints (the recipe's checkpoint steps and a
 resume checkpoint every save_every), and at the end each member's summary.
 
 A resumed run ends bit-identical on CPU to one that never stopped: a checkpoint holds the
-weights, the AdamW moments, the step (which fixes the learning rate and the batches to come)
-and the running train-loss accumulators.
+weights, the AdamW moments, the step (which fixes the learning rate and the batches to come),
+the running train-loss accumulators and the loss scaler's state (grad_scaler).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from training.stacked import (
     member_losses,
     stacked_logits,
 )
+from training.trainer.arithmetic import Arithmetic
 from training.trainer.evaluation import EvalSet, PrecomputedLogits, evaluate, run_references
 from training.trainer.optim import (
     MemberOptimizer,
@@ -131,13 +133,13 @@ class EnsembleLoop:
         self.wall_before = [s.wall_before for s in starts]
         self.active = list(range(len(members)))  # member index of each stacked row
         self.results: list[TrainResult | None] = [None] * len(members)
-        self.autocast_enabled = train_config.precision == "bf16"
+        resumed = starts[0].checkpoint
+        scaler_state = resumed.metadata["resume"].get("grad_scaler") if resumed else None
+        self.arithmetic = Arithmetic(train_config, device, scaler_state)
 
     # --- helpers ---------------------------------------------------------------------
     def autocast(self):
-        if not self.autocast_enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return self.arithmetic.autocast()
 
     def _tick(self, key: str, since: float) -> float:
         now = time.perf_counter()
@@ -208,6 +210,7 @@ class EnsembleLoop:
                     "train_loss_count": self.loss_count[i],
                     "wall_seconds": self.wall(i),
                     "data_seeds": "SeedSequence([seed, 1, step]) per training batch",
+                    "grad_scaler": self.arithmetic.state(),
                 },
             }
             model = self.weights.copy_to(r, self.models[i])
@@ -231,6 +234,7 @@ class EnsembleLoop:
                     self.refs[i],
                     self.members[i].seed,
                     self.wall(i),
+                    arithmetic=self.arithmetic.record(),
                 )
             except TrainingDiverged as err:
                 summary = {
@@ -239,6 +243,7 @@ class EnsembleLoop:
                     "verdict": "neither",
                     "steps": self.step,
                     "seed": self.members[i].seed,
+                    "arithmetic": self.arithmetic.record(),
                 }
                 if self.dirs[i] is not None:
                     summary = json.loads((self.dirs[i] / SUMMARY).read_text())
@@ -345,6 +350,7 @@ class EnsembleLoop:
                 self.device,
                 model,
             )
+            summary["arithmetic"] = self.arithmetic.record()
             if len(self.members) > 1:
                 summary["ensemble_members"] = len(self.members)
             if run_dir is not None:
@@ -356,11 +362,13 @@ class EnsembleLoop:
 
 
 def _train_step(run: EnsembleLoop, tokens: Int[Tensor, "member batch pos"]) -> list[float]:
-    """One update of every active member of `run` on its batch tokens[m]; returns their
-    losses (nats), in the order of run.active after the update. A member whose loss is not
-    finite is dropped before the update (nothing of it is updated)."""
+    """One update of every active member of `run` on its batch tokens[m] (TrainConfig.sample_len
+    tokens per sequence: the model reads the first seq_len); returns their losses (nats), in
+    the order of run.active after the update. A member whose loss is not finite is dropped
+    before the update (nothing of it is updated)."""
     while True:
-        losses = member_losses(run.forward(tokens).float(), tokens)
+        logits = run.forward(tokens[..., : run.tc.seq_len])
+        losses = member_losses(logits.float(), tokens)
         values = losses.detach().tolist()
         bad = [r for r, v in enumerate(values) if not math.isfinite(v)]
         if not bad:
@@ -371,8 +379,8 @@ def _train_step(run: EnsembleLoop, tokens: Int[Tensor, "member batch pos"]) -> l
             return []
         tokens = tokens[keep]
     run.opt.zero_grad(set_to_none=True)
-    losses.sum().backward()
+    clip = None
     if run.tc.grad_clip is not None:
-        clip_member_grads(run.weights, run.tc.grad_clip)
-    run.opt.step()
+        clip = lambda: clip_member_grads(run.weights, run.tc.grad_clip)  # noqa: E731
+    run.arithmetic.backward_and_step(losses.sum(), run.opt, clip)
     return values

@@ -42,7 +42,9 @@ def member_batches(
     step: int,
     train_config: TrainConfig,
     device: torch.device,
-) -> Int[Tensor, "member batch seq_len"]:
-    """The trainer's training batch of update `step` for every member (stream 1)."""
+) -> Int[Tensor, "member batch sample_len"]:
+    """The trainer's training batch of update `step` for every member (stream 1), of
+    TrainConfig.sample_len tokens per sequence (seq_len, or seq_len + 1 for targets
+    "authors")."""
     gens = [make_generator(device, derive_seed(s, STREAM_TRAIN, step)) for s in seeds]
-    return sample_members(chains, gens, train_config.batch, train_config.seq_len, device)
+    return sample_members(chains, gens, train_config.batch, train_config.sample_len, device)

@@ -46,10 +46,13 @@ class TrainResult(dict):
         return dict(self)
 
 
-def stop_diverged(run_dir, step, loss_value, lr, metrics, refs, seed, wall_seconds) -> None:
+def stop_diverged(
+    run_dir, step, loss_value, lr, metrics, refs, seed, wall_seconds, arithmetic=None
+) -> None:
     """Stop a run whose training loss at `step` (the weights after `step` updates) is not
     finite: drop the checkpoint of those weights if one was saved, write a "diverged"
-    summary naming the last good checkpoint, raise TrainingDiverged."""
+    summary naming the last good checkpoint (and `arithmetic`, the run's
+    Arithmetic.record()), raise TrainingDiverged."""
     kept = None
     if run_dir is not None:
         root = run_dir / CHECKPOINTS
@@ -86,7 +89,8 @@ def stop_diverged(run_dir, step, loss_value, lr, metrics, refs, seed, wall_secon
                 "wall_seconds": wall_seconds,
                 "plateau_exit_step": None,
                 "plateau_steps": None,
-            },
+            }
+            | ({"arithmetic": arithmetic} if arithmetic is not None else {}),
         )
     raise TrainingDiverged(message)
 
@@ -95,9 +99,13 @@ def finished_summary(
     metrics, refs, gap, chain, train_config, seed, wall_seconds, device, model
 ) -> dict:
     """The summary.json of a finished run: final metrics, the verdict (training.verdicts)
-    and the plateau of `metrics`, its references, timing and setup."""
+    and the plateau of `metrics`, its references, timing and setup. In-context runs also get
+    final_excess: the final eval loss minus each of the four in-context references (nats)."""
     last = metrics[-1]
-    judged = summarise_metrics(metrics, gap, VerdictRule(), refs.get("order_losses"))
+    eval_targets = train_config.eval_batches * train_config.batch * (train_config.seq_len - 1)
+    judged = summarise_metrics(
+        metrics, gap, VerdictRule(), refs.get("order_losses"), eval_targets=eval_targets
+    )
     out = {
         "status": "finished",
         "verdict": judged["verdict"],
@@ -138,4 +146,8 @@ def finished_summary(
             out[key] = last[key]
     if "p" in refs:
         out["p"], out["q"], out["pi_1"] = refs["p"], refs["q"], refs["pi_1"]
+    if "in_context_references" in refs:  # final loss minus each in-context reference, nats
+        out["final_excess"] = {
+            name: last["eval_loss"] - loss for name, loss in refs["in_context_references"].items()
+        }
     return out

@@ -187,6 +187,30 @@ def test_lanczos_report_matches_the_exact_one():
     assert len(exact.eigenvalues) == exact.n_params
 
 
+@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_the_hessian_prints_its_progress_in_hessian_vector_products(method, capsys):
+    from training.progress import Counter
+
+    chain = BinaryChain(0.2, 0.3)
+    model = theta_pi_model(tiny(), chain)
+    tokens = sample_tokens(chain, 16, 8, seed=0, device="cpu")
+    cfg = LandscapeConfig(n_sequences=16, method=method, noise_draws=2, lanczos_iters=12)
+    products = Counter("hessian", "Hessian-vector products", every=0)
+    report = hessian_report(model, tokens, cfg, products)
+    lines = capsys.readouterr().err.splitlines()
+    assert products.done == report.n_hvp > 0
+    assert products.total >= report.n_hvp  # the plan's upper bound (or the count, if above)
+    counts = [ln for ln in lines if ln.startswith("hessian: ") and "Hessian-vector products" in ln]
+    assert counts, lines
+    done = [int(ln.split()[1].split("/")[0]) for ln in counts]
+    assert done == sorted(done) and done[-1] == report.n_hvp
+    assert any("(sampling noise, draw 2/2)" in ln for ln in counts)
+    assert all(ln.endswith(" s") for ln in counts)
+    quiet = Counter("hessian", "Hessian-vector products", every=600)  # a quick run: silent
+    hessian_report(model, tokens, cfg, quiet)
+    assert quiet.done == report.n_hvp and capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------- proxy, predictions
 
 

@@ -12,6 +12,7 @@ import training.sweeps as sweeps
 from training.chains import BinaryChain, KthOrderChain
 from training.options import build_run_config
 from training.sweeps import expand, load_spec, register_backend, run_sweep, validate_spec
+from training.verdicts import VERDICTS
 
 TINY = {
     "iters": 6,
@@ -134,7 +135,7 @@ def test_sweep_runs_writes_results_and_skips_finished_runs(tmp_path, monkeypatch
     assert len(agg) == 4
     for a in agg:
         assert int(a["runs"]) == 2 and int(a["finished"]) == 2
-        fracs = [float(a[f"frac_{v}"]) for v in ("bigram", "unigram", "neither")]
+        fracs = [float(a[f"frac_{v}"]) for v in VERDICTS]
         assert sum(fracs) == pytest.approx(1.0)
         assert "plateau_exit_median" in a and "plateau_steps_mean" in a
     assert "| p | tie | runs |" in (tmp_path / "aggregate.md").read_text()

@@ -1,0 +1,141 @@
+"""The trap as a function of precision: one row per arithmetic of a finished precision sweep
+(spec.yaml, run by run.sh), with the fraction of seeds that end at the unigram point and its
+Wilson 95% interval (training.stats), the plateau exit steps, and a seed-by-arithmetic table
+of verdicts (the seeds are paired: the same init and batches in every arithmetic).
+
+    .venv/bin/python docs/results/paper/precision/table.py SWEEP_DIR [--out DIR]
+
+Reads SWEEP_DIR/sweep.json (the runs) and each run's summary.json; writes DIR/table.md and
+DIR/table.csv (DIR defaults to this folder) and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from training.runs import SUMMARY
+from training.stats import fmt_fraction, quartiles
+from training.sweeps import markdown_table, write_csv
+
+HERE = Path(__file__).resolve().parent
+
+
+def arithmetic_name(train: dict[str, Any]) -> str:
+    """'fp16 + grad scaler + TF32' for a train section (fp32 when none is named)."""
+    name = train.get("precision", "fp32")
+    if train.get("grad_scaler"):
+        name += " + grad scaler"
+    if train.get("tf32"):
+        name += " + TF32"
+    return name
+
+
+def read_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per run of the sweep: arithmetic, seed, and its summary (None if the run
+    has none yet)."""
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    runs = []
+    for task in record["tasks"]:
+        path = sweep_dir / "runs" / task["cell"] / Path(task["run_dir"]).name
+        summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).exists() else None
+        runs.append(
+            {
+                "arithmetic": arithmetic_name(task["options"]["train"]),
+                "seed": task["seed"],
+                "summary": summary,
+            }
+        )
+    return runs
+
+
+def _step(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def precision_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arithmetic, in the order of first appearance: runs, finished, diverged,
+    the unigram (trap) fraction of the finished runs with its Wilson 95% interval, bigram
+    and neither counts, the median [quartiles] plateau exit step of the runs that left the
+    plateau, each seed's exit step ('-': never left), and the loss scaler's skipped steps."""
+    by_name: dict[str, list[dict]] = {}
+    for r in runs:
+        by_name.setdefault(r["arithmetic"], []).append(r)
+    rows = []
+    for name, group in by_name.items():
+        done = [r for r in group if r["summary"] and r["summary"].get("status") == "finished"]
+        verdicts = [r["summary"]["verdict"] for r in done]
+        exits = [r["summary"].get("plateau_exit_step") for r in done]
+        q = quartiles([e for e in exits if e is not None])
+        skipped = [
+            (r["summary"].get("arithmetic") or {}).get("grad_scaler_skipped_steps") for r in done
+        ]
+        rows.append(
+            {
+                "arithmetic": name,
+                "runs": len(group),
+                "finished": len(done),
+                "diverged": sum(
+                    1 for r in group if r["summary"] and r["summary"].get("status") == "diverged"
+                ),
+                "unigram (trap), Wilson 95%": fmt_fraction(verdicts.count("unigram"), len(done)),
+                "bigram": verdicts.count("bigram"),
+                "neither": verdicts.count("neither"),
+                "exit step median [q1, q3]": "" if q is None else f"{q[1]:g} [{q[0]:g}, {q[2]:g}]",
+                "exit step per seed": " ".join(
+                    f"s{r['seed']}:{_step(e)}" for r, e in zip(done, exits, strict=True)
+                ),
+                "scaler skipped steps": ""
+                if all(s is None for s in skipped)
+                else sum(s or 0 for s in skipped),
+            }
+        )
+    return rows
+
+
+def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seeds x arithmetics: each run's verdict and plateau exit step ('verdict @ step')."""
+    names = list(dict.fromkeys(r["arithmetic"] for r in runs))
+    cells: dict[int, dict[str, str]] = {}
+    for r in runs:
+        s = r["summary"]
+        if s is None:
+            text = "not run"
+        elif s.get("status") != "finished":
+            text = s.get("status", "?")
+        else:
+            text = f"{s['verdict']} @ {_step(s.get('plateau_exit_step'))}"
+        cells.setdefault(r["seed"], {})[r["arithmetic"]] = text
+    return [
+        {"seed": seed} | {n: row.get(n, "") for n in names} for seed, row in sorted(cells.items())
+    ]
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    runs = read_runs(args.sweep_dir)
+    table = precision_table(runs)
+    md = (
+        "# The unigram trap per arithmetic (tied, p=0.5, q=0.8, the paper's recipe)\n\n"
+        f"From {args.sweep_dir} (spec.yaml, run.sh). Trap: the run's verdict is `unigram` "
+        "(training.verdicts); fractions over the finished runs, Wilson 95% intervals "
+        "(training.stats). Exit step: plateau_exit_step, the first evaluation whose loss is "
+        "below the midpoint of the unigram loss and the entropy rate ('-': never).\n\n"
+        + markdown_table(table)
+        + "\n## Per seed (paired: the same init and batches in every arithmetic)\n\n"
+        + markdown_table(seed_table(runs))
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(md)
+    write_csv(args.out / "table.csv", table)
+    print(md, end="")
+    return md
+
+
+if __name__ == "__main__":
+    main()
