@@ -161,7 +161,9 @@ def run_authors(
         model = original_get_model(a)
         model.load_state_dict(authors_state_dict(init), strict=True)
         model.register_forward_hook(
-            lambda mod, inp, out: losses.append(float(out["loss"].detach())) if mod.training else None
+            lambda mod, inp, out: (
+                losses.append(float(out["loss"].detach())) if mod.training else None
+            )
         )
         built.append(model)
         return model
@@ -286,7 +288,10 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
         "markov_lens_losses": ours,
         "max_abs_difference": diffs[worst],
         "worst_step": worst,
-        "plateau_exit": {"authors": plateau_exit(theirs, refs), "markov_lens": plateau_exit(ours, refs)},
+        "plateau_exit": {
+            "authors": plateau_exit(theirs, refs),
+            "markov_lens": plateau_exit(ours, refs),
+        },
         "final": {"authors": yours, "markov_lens": mine},
         "seconds": {"authors": t1 - t0, "markov_lens": t2 - t1},
         "authors_printed": printed,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from training.model import MarkovTransformer
@@ -67,6 +68,14 @@ def offset_profile(
     return (diagonals * valid).sum(-2) / valid.sum(0)
 
 
+def uniform_like(patterns: Float[Tensor, "... query key"]) -> Float[Tensor, "... query key"]:
+    """Uniform attention over the keys each query of ``patterns`` can see (those with a
+    nonzero weight: the causal mask and any attention window), 1 / #keys on each: the
+    reference a head that ignores both content and position would score."""
+    allowed = (patterns > 0).to(patterns.dtype)
+    return allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
+
+
 def mean_attended_distance(
     patterns: Float[Tensor, "... query key"],
 ) -> Float[Tensor, "..."]:
@@ -82,8 +91,10 @@ def attention_summary(
 ) -> dict:
     """JSON-able summary: per layer and head the batch-mean offset profile (offsets
     0..max_offset), the weight on the token itself (d = 0) and on the previous one (d = 1),
-    and the mean attended distance (tokens)."""
+    and the mean attended distance (tokens); per layer the offset profile of uniform
+    attention over the same keys (``uniform_like``), uniform_profile [layer][offset]."""
     profile = offset_profile(patterns, max_offset).mean(1)  # [layer, head, offset]
+    uniform = offset_profile(uniform_like(patterns), max_offset).mean((1, 2))  # [layer, offset]
     distance = mean_attended_distance(patterns).mean(1)  # [layer, head]
     return {
         "offsets": list(range(profile.shape[-1])),
@@ -93,6 +104,7 @@ def attention_summary(
             profile[..., 1] if profile.shape[-1] > 1 else profile[..., 0] * 0
         ).tolist(),
         "mean_distance": distance.tolist(),
+        "uniform_profile": uniform.tolist(),
         "layout": "[layer][head][offset]",
     }
 
@@ -156,10 +168,27 @@ def plot_patterns(
     return fig
 
 
+def draw_uniform_profile(ax, uniform: Float[Tensor, "layer offset"] | None, colour="k") -> None:
+    """The offset profile of uniform attention (``attention_summary``'s uniform_profile):
+    one dotted line, or one per layer where the layers' windows differ."""
+    if uniform is None:
+        return
+    u = torch.as_tensor(uniform, dtype=torch.float64)
+    u = u.reshape(-1, u.shape[-1]).cpu().numpy()
+    distinct = [u[0]] if np.allclose(u, u[0], rtol=0, atol=1e-12) else list(u)
+    for layer, line in enumerate(distinct):
+        label = "uniform attention" + (f" (layer {layer})" if len(distinct) > 1 else "")
+        ax.plot(np.arange(len(line)), line, color=colour, ls=":", lw=1.4, label=label, zorder=1)
+
+
 def plot_offset_profile(
-    profile: Float[Tensor, "layer head offset"], title: str = "attention by relative offset"
+    profile: Float[Tensor, "layer head offset"],
+    title: str = "attention by relative offset",
+    uniform: Float[Tensor, "layer offset"] | None = None,
 ) -> Figure:
-    """Mean attention weight against offset d = i - j, one line per (layer, head)."""
+    """Mean attention weight against offset d = i - j, one line per (layer, head), with
+    uniform attention over the same keys (``uniform``: attention_summary's uniform_profile)
+    dotted for reference; the y range fits the data (weights of a long sequence are ~1/n)."""
     if profile.ndim != 3:
         raise ValueError(f"profile must be [layer, head, offset], got {tuple(profile.shape)}")
     data = profile.detach().float().cpu().numpy()
@@ -168,10 +197,13 @@ def plot_offset_profile(
     for layer in range(data.shape[0]):
         for head in range(data.shape[1]):
             ax.plot(offsets, data[layer, head], marker="o", ms=3, label=f"L{layer}H{head}")
+    draw_uniform_profile(ax, uniform)
     ax.set_xlabel("offset d = i - j (0 = the token itself)")
     ax.set_ylabel("mean attention weight")
-    ax.set_ylim(0, 1.02)
+    ax.margins(y=0.08)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=max(1, data.shape[1]))
     return fig
 

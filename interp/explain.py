@@ -409,7 +409,9 @@ def write_report(
         ),
         out_dir / FIGURES["attention_mean"],
     )
-    _save(plot_offset_profile(expl.profile), out_dir / FIGURES["offset_profile"])
+    uniform = s["attention"].get("uniform_profile")
+    uniform = torch.tensor(uniform) if uniform is not None else None
+    _save(plot_offset_profile(expl.profile, uniform=uniform), out_dir / FIGURES["offset_profile"])
     _save(
         plot_direct_paths(s["direct_paths"], "which component carries the effect to the output"),
         out_dir / FIGURES["direct_paths"],

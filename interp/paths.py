@@ -318,11 +318,14 @@ def plot_surface(
     title: str | None = None,
 ):
     """Filled contours of a loss surface; reference losses as labelled contour lines; the
-    projected trajectory (colour = order) and named points."""
+    projected trajectory (colour = order) and named points. Labels never overlap: the named
+    points' and the contour labels are kept, then the trajectory's from its last point back,
+    each only where it overlaps none already kept (checkpoints crowd near the end)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     if ax is None:
         ax = Figure(layout="constrained", figsize=(5.5, 4.6)).subplots()
+    fixed, optional = [], []  # labels kept whatever; labels dropped where they would overlap
     A = torch.tensor(surface.alphas)
     B = torch.tensor(surface.betas)
     L = torch.tensor(surface.losses)
@@ -333,21 +336,42 @@ def plot_surface(
     for i, (name, value) in enumerate((references or {}).items()):
         if lo < value < float(L.max()):
             c = ax.contour(A, B, L, levels=[value], colors=[f"C{i + 1}"], linewidths=1.2)
-            ax.clabel(c, fmt={value: name}, fontsize=7)
+            fixed += ax.clabel(c, fmt={value: name}, fontsize=7)
     if trajectory is not None:
         xy = trajectory.coords
         ax.plot(xy[:, 0], xy[:, 1], "-", color="w", lw=1)
         ax.scatter(xy[:, 0], xy[:, 1], c=range(len(xy)), cmap="autumn", s=14, zorder=3)
         if trajectory_labels:
             for (x, y), lab in zip(xy.tolist(), trajectory_labels, strict=True):
-                ax.annotate(lab, (x, y), fontsize=6, color="w")
+                optional.append(ax.annotate(lab, (x, y), fontsize=6, color="w"))
     for name, (x, y) in (points or {}).items():
         ax.plot([x], [y], "k*", ms=9)
-        ax.annotate(name, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        fixed.append(
+            ax.annotate(name, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        )
     ax.set_xlabel(f"alpha (|d1| = {surface.d1_norm:.3g})")
     ax.set_ylabel(f"beta (|d2| = {surface.d2_norm:.3g})")
     ax.set_title(title or f"loss surface ({surface.kind} directions)", fontsize=9)
+    drop_overlapping_labels(ax, fixed, optional[::-1])
     return ax
+
+
+def drop_overlapping_labels(ax, fixed: list, optional: list, pad: float = 1.0) -> None:
+    """Hide each text of ``optional`` (in order) that overlaps a text of ``fixed`` or one of
+    ``optional`` kept before it (boxes as drawn, grown by ``pad`` pixels)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.figure
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # the final layout, so the boxes are where the figure will show them
+    renderer = canvas.get_renderer()
+    kept = [t.get_window_extent(renderer).expanded(1, 1).padded(pad) for t in fixed]
+    for text in optional:
+        box = text.get_window_extent(renderer).padded(pad)
+        if any(box.overlaps(other) for other in kept):
+            text.set_visible(False)
+        else:
+            kept.append(box)
 
 
 def run_trajectory(run, layout: ParamLayout | None = None, device="cpu"):

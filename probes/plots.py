@@ -36,32 +36,67 @@ def _save(fig, path: str | os.PathLike | None, overwrite: bool):
     return fig
 
 
-def _heatmap(ax, ylabels, xlabels, matrix, vmin: float, vmax: float) -> None:
+def _heatmap(
+    ax, ylabels, xlabels, matrix, vmin: float, vmax: float, cmap="viridis", notes=None, label=None
+) -> None:
+    """Annotated heatmap; notes[i][j]: a second, smaller line in a cell ("" for none)."""
     data = np.array(matrix, dtype=float)
-    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(xlabels)), [str(x) for x in xlabels], rotation=45, ha="right")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    tilt = {"rotation": 45, "ha": "right"} if len(xlabels) > 4 else {}
+    ax.set_xticks(range(len(xlabels)), [str(x) for x in xlabels], **tilt)
     ax.set_yticks(range(len(ylabels)), [str(y) for y in ylabels])
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             v = data[i, j]
             if not math.isnan(v):
                 shade = (v - vmin) / (vmax - vmin) if vmax > vmin else 0
+                note = notes[i][j] if notes is not None else ""
                 ax.text(
                     j,
                     i,
-                    f"{v:.2f}",
+                    f"{v:.2f}" + (f"\n{note}" if note else ""),
                     ha="center",
                     va="center",
-                    fontsize=7,
+                    fontsize=7 if not note else 6,
                     color="black" if shade > 0.6 else "white",
                 )
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
 
 
 def _range(matrix) -> tuple[float, float]:
     vals = [v for row in matrix for v in row if not math.isnan(v)]
     lo = min(vals, default=0.0)
     return (min(0.0, lo), 1.0)
+
+
+SCORE_PANELS = {  # kind: (panel title, colour map, colour bar label)
+    "continuous": ("R^2 (continuous targets)", "viridis", "held-out R^2"),
+    "discrete": ("accuracy (discrete targets)", "cividis", "held-out accuracy"),
+}
+
+
+def _chance_labels(rows: list[dict[str, Any]], targets: list) -> list[str]:
+    """Each target with its chance score (the majority class's accuracy; R^2: 0)."""
+    out = []
+    for t in targets:
+        values = sorted(
+            {
+                round(float(r["chance"]), 2)
+                for r in rows
+                if r["target"] == t
+                and isinstance(r.get("chance"), (int, float))
+                and math.isfinite(r["chance"])
+            }
+        )
+        chance = (
+            ""
+            if not values
+            else f"{values[0]:.2f}"
+            if len(values) == 1
+            else (f"{values[0]:.2f}-{values[-1]:.2f}")
+        )
+        out.append(f"{t}\n(chance {chance})" if chance else str(t))
+    return out
 
 
 def plot_heatmap(
@@ -71,12 +106,43 @@ def plot_heatmap(
     title: str | None = None,
     overwrite: bool = False,
 ):
-    """Component (rows) x target (columns) heatmap of ``value`` for one model's rows."""
-    comps, targets, matrix = pivot(rows, value, "component", "target")
-    fig = Figure(figsize=(1.0 + 0.9 * len(targets), 1.0 + 0.4 * len(comps)))
-    ax = fig.subplots()
-    _heatmap(ax, comps, targets, matrix, *_range(matrix))
-    ax.set_title(title or LABELS.get(value, value), fontsize=9)
+    """Component (rows) x target (columns) heatmap of ``value`` for one model's rows. For the
+    score, R^2 (continuous targets) and accuracy (discrete) are separate panels with their own
+    colour maps and scales; each column names its target's chance score, the accuracy scale
+    starts at the lowest chance (so a score at chance reads dark, not half-way), and a cell
+    not above chance (``above_chance`` False) says "~chance"."""
+    if value != "score":
+        comps, targets, matrix = pivot(rows, value, "component", "target")
+        fig = Figure(figsize=(1.0 + 0.9 * len(targets), 1.0 + 0.4 * len(comps)))
+        ax = fig.subplots()
+        _heatmap(ax, comps, targets, matrix, *_range(matrix))
+        ax.set_title(title or LABELS.get(value, value), fontsize=9)
+        return _save(fig, path, overwrite)
+    kinds = [k for k in SCORE_PANELS if any(r.get("kind") == k for r in rows)]
+    panels = [(k, [r for r in rows if r.get("kind") == k]) for k in kinds]
+    other = [r for r in rows if r.get("kind") not in SCORE_PANELS]
+    if other:
+        panels.append((None, other))
+    n_comps = len({r["component"] for r in rows})
+    n_targets = [len({r["target"] for r in sel}) for _, sel in panels]
+    fig = Figure(
+        figsize=(sum(2.4 + 1.0 * n for n in n_targets), 1.6 + 0.4 * n_comps), layout="constrained"
+    )
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (kind, sel) in zip(axes, panels, strict=True):
+        comps, targets, matrix = pivot(sel, "score", "component", "target")
+        _, _, above = pivot(sel, "above_chance", "component", "target")
+        notes = [["~chance" if a == 0 else "" for a in row] for row in above]
+        name, cmap, label = SCORE_PANELS.get(kind, (LABELS["score"], "viridis", "score"))
+        vmin, vmax = _range(matrix)
+        if kind == "discrete":
+            chances = [float(r["chance"]) for r in sel if isinstance(r.get("chance"), (int, float))]
+            chances = [c for c in chances if math.isfinite(c)]
+            vmin = min([*chances, *(v for row in matrix for v in row if math.isfinite(v)), 1.0])
+            vmin = min(vmin, 0.99)
+        _heatmap(ax, comps, _chance_labels(sel, targets), matrix, vmin, vmax, cmap, notes, label)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title or LABELS["score"], fontsize=9)
     return _save(fig, path, overwrite)
 
 

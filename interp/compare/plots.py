@@ -207,32 +207,56 @@ def plot_attention_comparison(cmp) -> Figure:
     return fig
 
 
+PAIR_STYLES = (("-", "o"), ("--", "s"))  # A: solid, circles; B: dashed, squares
+
+
 def plot_offsets(cmp) -> Figure:
-    """Mean attention weight against offset d = i - j (interp.attention.attention_summary),
-    A solid, B dashed, one colour per (layer, head)."""
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    """Mean attention weight against offset d = i - j (interp.attention.attention_summary):
+    A in blues, solid with circles, B in oranges, dashed with squares (a shade per (layer,
+    head)); each model's uniform attention over the same keys dotted in its colour (one line
+    when they agree); the y range fits the data."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    from interp.attention import draw_uniform_profile
+
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    k = 0
-    for style, lab in zip(("-", "--"), cmp.labels, strict=True):
+    uniforms = []
+    for i, lab in enumerate(cmp.labels):
         s = cmp.attention[lab]
         prof = np.asarray(s["offset_profile"])  # [layer, head, offset]
-        k = 0
-        for layer in range(prof.shape[0]):
-            for h in range(prof.shape[1]):
-                ax.plot(
-                    s["offsets"],
-                    prof[layer, h],
-                    ls=style,
-                    marker="o",
-                    ms=2.5,
-                    color=f"C{k}",
-                    label=f"{lab} L{layer}H{h}",
-                )
-                k += 1
+        n_lines = prof.shape[0] * prof.shape[1]
+        shades = colormaps["Blues" if i == 0 else "Oranges"](np.linspace(0.95, 0.5, n_lines))
+        ls, marker = PAIR_STYLES[i]
+        for k, (layer, h) in enumerate(np.ndindex(prof.shape[:2])):
+            ax.plot(
+                s["offsets"],
+                prof[layer, h],
+                ls=ls,
+                marker=marker,
+                ms=3,
+                color=shades[k],
+                label=f"{lab} L{layer}H{h}",
+            )
+        if s.get("uniform_profile") is not None:
+            uniforms.append((lab, np.asarray(s["uniform_profile"])))
+    same = len(uniforms) == 2 and uniforms[0][1].shape == uniforms[1][1].shape
+    same = same and np.allclose(uniforms[0][1], uniforms[1][1], rtol=0, atol=1e-12)
+    for i, (lab, u) in enumerate(uniforms[:1] if same else uniforms):
+        n_before = len(ax.lines)
+        draw_uniform_profile(ax, u, colour="k" if same else PAIR_COLOURS[i])
+        if not same:
+            for line in ax.lines[n_before:]:
+                line.set_label(f"{lab}: {line.get_label()}")
     ax.set_xlabel("offset d = i - j (0 = the token itself)")
     ax.set_ylabel("mean attention weight")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("attention by relative offset (A solid, B dashed)", fontsize=9)
+    ax.margins(y=0.08)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(
+        f"attention by relative offset ({cmp.labels[0]} solid, {cmp.labels[1]} dashed)",
+        fontsize=9,
+    )
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     return fig
@@ -269,27 +293,52 @@ def plot_cka(cka, labels: tuple[str, str]) -> Figure:
 
 
 def plot_distances(distances) -> Figure | None:
-    """Relative distance ||A - B|| / (||A|| + ||B||) and cosine per parameter (None when the
-    shapes differ)."""
+    """Two panels, one quantity each, per parameter and for the totals: the relative distance
+    ||A - B|| / (||A|| + ||B||) (y from 0) and the cosine (y from 0, or from the lowest
+    cosine when one is negative; nan: no bar). LayerNorm parameters hatched, the total
+    (without LayerNorm) and LayerNorm together as the last two bars. None when the shapes
+    differ."""
+    from interp.compare.distances import is_layernorm
+
     if not distances.comparable:
         return None
-    rows = distances.rows
+    rows = list(distances.rows)
     names = [r["name"] for r in rows]
-    fig = Figure(figsize=(max(5.0, 0.45 * len(names) + 1.5), 3.8), layout="constrained")
-    ax = fig.subplots()
+    hatch = ["//" if is_layernorm(n) else "" for n in names]
+    rows.append(distances.total)
+    names.append("total (no LayerNorm)")
+    hatch.append("")
+    if distances.layernorm is not None:
+        rows.append(distances.layernorm)
+        names.append("LayerNorm, all")
+        hatch.append("//")
     x = np.arange(len(names))
-    ax.bar(x - 0.2, [r["relative"] for r in rows], 0.4, label="||A-B|| / (||A||+||B||)")
-    ax.bar(
-        x + 0.2,
-        [r["cosine"] if finite(r["cosine"]) else 0 for r in rows],
-        0.4,
-        label="cosine(A, B)",
+    colours = ["tab:blue"] * len(distances.rows) + ["0.25"] * (len(names) - len(distances.rows))
+    fig = Figure(figsize=(max(6.0, 0.42 * len(names) + 1.5), 5.6), layout="constrained")
+    ax_rel, ax_cos = fig.subplots(2, 1, sharex=True)
+    for ax, key, label in (
+        (ax_rel, "relative", "relative distance ||A-B|| / (||A||+||B||)"),
+        (ax_cos, "cosine", "cosine(A, B)"),
+    ):
+        values = np.array([r[key] if finite(r[key]) else np.nan for r in rows], float)
+        bars = ax.bar(x, np.nan_to_num(values, nan=0.0), 0.7, color=colours, edgecolor="w")
+        for bar, h, v in zip(bars, hatch, values, strict=True):
+            bar.set_hatch(h)
+            if not np.isfinite(v):
+                bar.set_visible(False)
+        shown = values[np.isfinite(values)]
+        top = float(shown.max()) if shown.size else 1.0
+        bottom = min(0.0, float(shown.min())) if shown.size else 0.0
+        span = (top - bottom) or 1.0
+        ax.set_ylim(bottom - (0.05 * span if bottom < 0 else 0.0), top + 0.08 * span)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ax_cos.set_xticks(x, names, rotation=70, fontsize=7)
+    ax_rel.set_title(
+        "distance per parameter (HookedTransformer names; hatched: LayerNorm); no symmetry aligned",
+        fontsize=9,
     )
-    ax.set_xticks(x, names, rotation=70, fontsize=7)
-    ax.set_ylim(-1, 1)
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_title("distance per parameter (HookedTransformer names)", fontsize=9)
-    ax.legend(fontsize=7)
     return fig
 
 
@@ -501,10 +550,10 @@ def comparison_markdown(cmp, figure_names: list[str] | None = None) -> str:
             ]
             for r in d.rows
         ]
-        t = d.total
-        rows.append(
-            ["**total**", "", t["norm_a"], t["norm_b"], t["diff_norm"], t["relative"], t["cosine"]]
-        )
+        keys = ("norm_a", "norm_b", "diff_norm", "relative", "cosine")
+        for label, t in (("**total (no LayerNorm)**", d.total), ("**LayerNorm**", d.layernorm)):
+            if t is not None:
+                rows.append([label, ""] + [t[k] for k in keys])
         lines.append(
             md_table(
                 ["parameter", "shape", "||A||", "||B||", "||A-B||", "relative", "cosine"], rows
@@ -516,6 +565,15 @@ def comparison_markdown(cmp, figure_names: list[str] | None = None) -> str:
         ]
         lines += ["", "By module:", ""]
         lines.append(md_table(["module", "||A||", "||B||", "||A-B||", "relative", "cosine"], grows))
+        lines += [
+            "",
+            "The total leaves the LayerNorm weights out (they start at 1 and stay near it, so "
+            "they would make any two models look alike); they have their own row. The "
+            "distances compare coordinates as they are and align none of the model's "
+            "symmetries, so models computing the same function can be far apart: "
+            + "; ".join(d.symmetries)
+            + ".",
+        ]
     else:
         lines.append(
             f"Not computed: {d.reason}. Behaviour, CKA and predictions are compared instead."

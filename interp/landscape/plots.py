@@ -14,15 +14,33 @@ from interp.landscape.spectrum import HessianReport
 from training.runs import savefig_atomic
 
 
-def symlog_ticks(low: float, high: float, linthresh: float, n_max: int = 7) -> list[float]:
-    """Major ticks for a symlog axis (linscale 1) over [low, high]: 0 and powers of ten
-    (+-linthresh where no power of ten fits), at most about ``n_max``, kept greedily from
-    the largest magnitude inward only where they are at least 1/n_max of the axis apart, so
-    labels of a small figure spanning many decades do not overlap."""
+def symlog_position(y: float, linthresh: float) -> float:
+    """Where a symlog axis (linscale 1) draws y, in decades from 0."""
+    a = abs(y)
+    return y / linthresh if a <= linthresh else math.copysign(1 + math.log10(a / linthresh), y)
 
-    def position(y: float) -> float:  # where symlog draws y, in decades
-        a = abs(y)
-        return y / linthresh if a <= linthresh else math.copysign(1 + math.log10(a / linthresh), y)
+
+def symlog_value(position: float, linthresh: float) -> float:
+    """The inverse of ``symlog_position``."""
+    a = abs(position)
+    return position * linthresh if a <= 1 else math.copysign(linthresh * 10 ** (a - 1), position)
+
+
+def symlog_ticks(
+    low: float,
+    high: float,
+    linthresh: float,
+    n_max: int = 7,
+    keep: tuple[float, ...] = (),
+) -> list[float]:
+    """Major ticks for a symlog axis (linscale 1) over [low, high]: the ``keep`` ticks (e.g.
+    both edges of a band), then 0 and powers of ten (+-linthresh where no power of ten fits),
+    at most about ``n_max``, kept greedily from the largest magnitude inward only where they
+    are at least 1/n_max of the axis apart, so labels of a small figure spanning many
+    decades do not overlap."""
+
+    def position(y: float) -> float:
+        return symlog_position(y, linthresh)
 
     top, bottom = position(max(high, linthresh)), position(min(low, -linthresh))
     gap = (top - bottom) / n_max
@@ -35,34 +53,50 @@ def symlog_ticks(low: float, high: float, linthresh: float, n_max: int = 7) -> l
             candidates += [sign * v for v in powers] or [sign * linthresh]
         elif end > 0:
             candidates.append(sign * linthresh)
-    ticks = [0.0]
+    ticks = list(keep) or [0.0]
+    if keep and all(abs(position(t)) >= gap for t in keep):
+        ticks.append(0.0)
     for y in sorted(candidates, key=lambda v: -abs(position(v))):
         if all(abs(position(y) - position(t)) >= gap for t in ticks):
             ticks.append(y)
-    return sorted(ticks)
+    return sorted(set(ticks))
 
 
 def plot_spectrum(report: HessianReport, ax=None, title: str | None = None):
-    """Eigenvalues (exact: all; Lanczos: Ritz values) on a symlog axis with the flat band."""
+    """Eigenvalues (exact: all; Lanczos: the Ritz values, "k of P shown") on a symlog axis
+    (linear inside the flat band, logarithmic outside; said on the axis), with the flat band
+    shaded and both its edges ticked, integer index ticks, and room above the top and below
+    the bottom eigenvalue."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
-    from matplotlib.ticker import FixedLocator, FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
     if ax is None:
-        ax = Figure(layout="constrained", figsize=(6, 3.2)).subplots()
+        ax = Figure(layout="constrained", figsize=(6.4, 3.4)).subplots()
     ev = sorted(report.eigenvalues)
-    ax.plot(range(len(ev)), ev, ".", ms=3)
+    ax.plot(range(len(ev)), ev, ".", ms=4)
     if report.flat_band < report.flat_tol:
         ax.axhspan(-report.flat_tol, report.flat_tol, color="0.93", label="Weyl bound")
     ax.axhspan(-report.flat_band, report.flat_band, color="0.82", label="flat within error")
     ax.axhline(0, color="k", lw=0.5)
     linthresh = max(report.flat_band, 1e-8)
     ax.set_yscale("symlog", linthresh=linthresh)
-    ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(min(ev), max(ev), linthresh)))
+    lo, hi = symlog_position(min(ev), linthresh), symlog_position(max(ev), linthresh)
+    lo, hi = min(lo, -1.0), max(hi, 1.0)  # the band is always in view
+    pad = 0.06 * (hi - lo)
+    ax.set_ylim(symlog_value(lo - pad, linthresh), symlog_value(hi + pad, linthresh))
+    band = (-linthresh, linthresh)
+    ax.yaxis.set_major_locator(FixedLocator(symlog_ticks(min(ev), max(ev), linthresh, keep=band)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: "0" if y == 0 else f"{y:.2g}"))
-    what = "eigenvalue" if report.method == "exact" else "Lanczos Ritz value"
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(-0.5 - 0.02 * len(ev), len(ev) - 0.5 + 0.02 * len(ev))
+    if report.method == "exact":
+        what, shown = "eigenvalue", f"all {len(ev)} eigenvalues"
+    else:
+        what, shown = "Ritz value", f"{len(ev)} of {report.n_params} Ritz values shown"
     ax.set_xlabel(f"{what} index (ascending)")
-    ax.set_ylabel("eigenvalue")
-    ax.set_title(title or f"Hessian spectrum ({report.method}): {report.verdict}", fontsize=9)
+    ax.set_ylabel(f"eigenvalue (symlog: linear within +-{linthresh:.2g})", fontsize=8)
+    head = title or f"Hessian spectrum ({report.method}): {report.verdict}"
+    ax.set_title(f"{head}\n{shown}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     return ax
 

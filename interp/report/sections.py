@@ -155,7 +155,11 @@ def section_attention(subject: Subject, config: ReportConfig) -> str:
         "attention patterns",
     )
     out += img(
-        plot_offset_profile(torch.tensor(summary["offset_profile"])), "attention by relative offset"
+        plot_offset_profile(
+            torch.tensor(summary["offset_profile"]),
+            uniform=torch.tensor(summary["uniform_profile"]),
+        ),
+        "attention by relative offset",
     )
     out += table(
         [

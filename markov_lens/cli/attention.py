@@ -63,7 +63,8 @@ def run_attention(args: argparse.Namespace) -> int:
         ),
         out / names[1],
     )
-    save_figure(plot_offset_profile(att["profile"]), out / names[2])
+    uniform = torch.tensor(att["summary"]["uniform_profile"])
+    save_figure(plot_offset_profile(att["profile"], uniform=uniform), out / names[2])
     record = {
         "run_dir": str(run.path),
         "step": step,

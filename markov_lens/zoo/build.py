@@ -38,17 +38,39 @@ def build(names: tuple[str, ...] = NAMES, root: Path = ROOT) -> None:
             iters=iters, seq_len=seq_len, checkpoints_per_octave=0, save_every=0, device="cpu", **kw
         )
 
+    def in_context(n_layers: int) -> tuple:
+        """The in-context pair: binary chains, a Dirichlet(1) kernel per sequence; attention
+        only, untied, no LayerNorm (with it, layer 0 blurs over recent tokens instead of
+        forming a previous-token head), d 32, length 128, constant lr 1e-2, 3000 steps."""
+        cfg = ModelConfig.paper(
+            n_ctx=128,
+            n_layers=n_layers,
+            d_model=32,
+            attn_only=True,
+            normalization_type=None,
+            tie_embeddings=False,
+        )
+        tc = TrainConfig(
+            iters=3000,
+            batch=64,
+            seq_len=128,
+            lr=1e-2,
+            schedule="constant",
+            eval_every=100,
+            eval_batches=4,
+            save_every=0,
+            device="cpu",
+            checkpoints_per_octave=0,
+        )
+        return cfg, InContextChain(2, 1), tc
+
     recipes = {
         "tied-p0.5-q0.8": (ModelConfig.paper(n_ctx=128), sticky, paper(128, 400)),
         "untied-p0.5-q0.8": (
             ModelConfig.paper(n_ctx=128, tie_embeddings=False), sticky, paper(128, 400)
         ),
-        "in-context-2layer": (
-            ModelConfig.paper(n_ctx=32, n_layers=2, d_model=16, attn_only=True),
-            InContextChain(2, 1),
-            TrainConfig(iters=300, batch=32, seq_len=32, lr=1e-2, eval_every=25,
-                        eval_batches=1, save_every=0, device="cpu", checkpoints_per_octave=0),
-        ),
+        "in-context-2layer": in_context(2),
+        "in-context-1layer": in_context(1),
         "lag2-window2": (
             ModelConfig.paper(n_ctx=128, attn_window=2),
             KthOrderChain.lag(2, 0.2, 0.3),

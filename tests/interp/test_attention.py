@@ -100,6 +100,30 @@ def test_plots_label_short_sequences_with_tokens():
         plot_patterns(long[0])
 
 
+def test_offset_profile_figure_fits_near_uniform_attention_and_shows_uniform(gen):
+    """Weights of a 64-token sequence are ~1/64: a 0-1 axis (v1) drew them as one flat line
+    at the bottom. The reference: uniform attention over the same keys, exactly."""
+    from tests.figures import assert_fills_axes
+
+    scores = 0.3 * torch.randn(1, 4, 2, 64, 64, generator=gen)
+    mask = torch.ones(64, 64, dtype=torch.bool).tril()
+    patterns = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # [layer, batch, head, q, k]
+    summary = attention_summary(patterns, max_offset=12)
+    uniform = torch.tensor(summary["uniform_profile"])
+    want = torch.tensor([sum(1 / (i + 1) for i in range(d, 64)) / (64 - d) for d in range(13)])
+    torch.testing.assert_close(uniform[0].float(), want, atol=1e-6, rtol=0)
+    profile = torch.tensor(summary["offset_profile"])
+    assert float(profile.max()) < 0.1  # the data: a few hundredths
+    fig = plot_offset_profile(profile, uniform=uniform)
+    assert_fills_axes(fig)
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["L0H0", "L0H1", "uniform attention"]
+    assert ax.get_legend() is not None
+    assert all(float(t) == int(t) for t in ax.get_xticks())  # offsets are whole numbers
+    plt.close(fig)
+
+
 def test_html_is_offline_and_embeds_the_bundle(tmp_path):
     path = circuitsvis_bundle_path()
     assert path.suffix == ".js" and path.stat().st_size > 10_000

@@ -216,6 +216,75 @@ def test_parameter_distances_leave_layernorm_out_of_the_total_and_name_the_symme
     assert d.total["cosine"] == pytest.approx(cos, abs=1e-12) and abs(cos) < 0.3
 
 
+def _offset_comparison(gen, windows=(None, None)):
+    """A stand-in for a Comparison with near-uniform attention summaries for A and B."""
+    from types import SimpleNamespace
+
+    from interp.attention import attention_summary
+
+    attention = {}
+    for lab, scale, window in zip(("A: one", "B: two"), (0.2, 0.6), windows, strict=True):
+        scores = scale * torch.randn(1, 4, 2, 48, 48, generator=gen)
+        keep = torch.ones(48, 48, dtype=torch.bool).tril()
+        if window is not None:
+            keep &= ~torch.ones(48, 48, dtype=torch.bool).tril(-window - 1)
+        patterns = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+        attention[lab] = attention_summary(patterns, max_offset=10)
+    return SimpleNamespace(labels=tuple(attention), attention=attention)
+
+
+def test_compare_offsets_fit_the_data_and_tell_a_from_b(gen):
+    from matplotlib.colors import to_hex
+
+    from interp.compare.plots import plot_offsets
+    from tests.figures import assert_fills_axes
+
+    cmp = _offset_comparison(gen)
+    fig = plot_offsets(cmp)
+    assert_fills_axes(fig)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    a = [ln for name, ln in lines.items() if name.startswith("A: one L")]
+    b = [ln for name, ln in lines.items() if name.startswith("B: two L")]
+    assert len(a) == len(b) == 2
+    assert {ln.get_linestyle() for ln in a}.isdisjoint({ln.get_linestyle() for ln in b})
+    hexes = [{to_hex(ln.get_color()) for ln in side} for side in (a, b)]
+    assert hexes[0].isdisjoint(hexes[1]) and len(hexes[0]) == 2  # a colour per model and head
+    assert {ln.get_marker() for ln in a}.isdisjoint({ln.get_marker() for ln in b})
+    assert "uniform attention" in lines  # the same keys in A and B: one reference line
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(lines) == set(legend)
+    windowed = plot_offsets(_offset_comparison(gen, windows=(None, 3)))
+    names = [line.get_label() for line in windowed.axes[0].get_lines()]
+    assert "A: one: uniform attention" in names and "B: two: uniform attention" in names
+
+
+def test_distance_figure_one_quantity_per_panel_from_zero():
+    from interp.compare.plots import plot_distances
+    from tests.figures import assert_fills_axes
+
+    cfg = ModelConfig.paper(n_ctx=16, init_range=0.3)
+    a = MarkovTransformer(cfg, seed=0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # a nearby model: small distances, cosines ~1
+    d = parameter_distances(a, b)
+    fig = plot_distances(d)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == 2  # the relative distance and the cosine, each on its own axis
+    assert_fills_axes(fig)
+    for ax, key in zip(axes, ("relative", "cosine"), strict=True):
+        heights = [p.get_height() for p in ax.patches]
+        assert min(heights) >= 0 and ax.get_ylim()[0] == 0.0, (key, ax.get_ylim())
+        assert key.split()[0][:6] in ax.get_ylabel()
+        assert len(heights) == len(d.rows) + 2  # every parameter, the total, LayerNorm
+    ticks = [t.get_text() for t in axes[1].get_xticklabels()]
+    assert ticks[-2:] == ["total (no LayerNorm)", "LayerNorm, all"]
+    hatched = [t for t, p in zip(ticks, axes[0].patches, strict=True) if p.get_hatch()]
+    assert hatched == ["blocks.0.ln1.w", "blocks.0.ln2.w", "ln_final.w", "LayerNorm, all"]
+
+
 # ----------------------------------------------------------------------- compare()
 
 

@@ -143,3 +143,32 @@ def test_surface_through_anchors(setup, gen, tmp_path):
     trajectory = ax.lines[0]
     assert list(trajectory.get_xdata()) == pytest.approx(proj.coords[:, 0].tolist())
     assert list(trajectory.get_ydata()) == pytest.approx(proj.coords[:, 1].tolist())
+
+
+def test_surface_labels_do_not_overlap(setup):
+    """Log-spaced checkpoints crowd near the final one: their step labels piled onto each
+    other and onto the named points; now each label is shown only where it has room."""
+    import itertools
+
+    from interp.paths import Projection
+
+    model, layout, tokens = setup
+    c = layout.flatten(model)
+    d1 = torch.zeros(layout.size, dtype=torch.float64)
+    d2 = torch.zeros(layout.size, dtype=torch.float64)
+    d1[0], d2[1] = 1.0, 1.0
+    grid = torch.linspace(-1.0, 1.0, 5).tolist()
+    surf = loss_surface(model, layout, c, d1, d2, tokens, grid, grid, "random")
+    t = torch.tensor([0.8**k for k in range(30)], dtype=torch.float64)  # 1 -> 0.002
+    coords = torch.stack([t, 0.5 * t], dim=1)  # ends at the final point (0, 0)
+    proj = Projection(coords=coords, off_plane=torch.zeros(30, dtype=torch.float64))
+    steps = [str(2**k) for k in range(30)]
+    ax = plot_surface(surf, trajectory=proj, trajectory_labels=steps, points={"final": (0, 0)})
+    renderer = ax.figure.canvas.get_renderer()
+    shown = [x for x in ax.texts if x.get_visible() and x.get_text()]
+    names = [x.get_text() for x in shown]
+    assert "final" in names and steps[0] in names  # the named point, the first checkpoint
+    assert 3 <= len(shown) < 31  # some steps stay labelled, the crowded ones are not
+    boxes = [x.get_window_extent(renderer) for x in shown]
+    for (a, ta), (b, tb) in itertools.combinations(zip(boxes, names, strict=True), 2):
+        assert not a.overlaps(b), (ta, tb)

@@ -28,6 +28,7 @@ from training.experiments.figures import (
     pq_heatmap,
     reference_lines,
     run_curves,
+    sample_references,
     save_figure,
 )
 from training.experiments.tables import cell_table, finished_runs, group_cells
@@ -112,8 +113,10 @@ def tying_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
         sel = runs[(p, q)]
         plot_loss_curves(ax, sel, lambda r: bool(r["tie"]), _tie_style)
         if sel:
-            reference_lines(ax, sel[0]["entropy_rate"], sel[0]["unigram_loss"])
+            reference_lines(ax, sel[0]["entropy_rate"], sel[0]["unigram_loss"], runs=sel)
             lo, hi = sel[0]["entropy_rate"], sel[0]["unigram_loss"]
+            sample = sample_references(sel[0])
+            lo = min(lo, sample["true"]) if sample else lo
             ax.set_ylim(lo - 0.15 * (hi - lo) - 0.005, max(hi + 0.6 * (hi - lo), 0.70))
         title = f"p={p:g}, q={q:g} (p+q {'>' if p + q > 1 else '<'} 1), 1 layer"
         label_axes(ax, "step", EVAL_LOSS, title, legend_size=8)
@@ -174,7 +177,7 @@ def depth_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
         label="final eval loss (mean ± std over seeds)",
     )
     if fin:
-        reference_lines(left, fin[0]["entropy_rate"], fin[0]["unigram_loss"])
+        reference_lines(left, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
     left.set_xscale("log", base=2)
     left.set_xticks(layers, [str(L) for L in layers])
     label_axes(left, "layers", FINAL_LOSS, "depth: p=0.5, q=0.8, tied, d=8", legend_size=8)
@@ -185,7 +188,7 @@ def depth_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
         lambda L: (f"C{layers.index(L)}", f"L={L}"),
     )
     if fin:
-        reference_lines(right, fin[0]["entropy_rate"], fin[0]["unigram_loss"])
+        reference_lines(right, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
     label_axes(right, "step", EVAL_LOSS, legend_size=8)
     figures = {"final_loss": save_figure(fig, out / "final_loss_vs_depth.png")}
     claims = [
