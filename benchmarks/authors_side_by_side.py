@@ -62,7 +62,7 @@ from training.recipe import TrainConfig
 from training.stacked import Member
 from training.trainer import EvalSet, PrecomputedLogits, evaluate, member_batches, run_references
 from training.trainer import train as train_ours
-from training.trainer.loop import _initial_model
+from training.trainer.loop import initial_model
 
 FIXTURE_FORMAT = 1
 BATCHES_HOW = (
@@ -263,7 +263,7 @@ def side_by_side(args: argparse.Namespace) -> dict[str, Any]:
     tc = recipe(args)
     mc = ModelConfig.paper(n_ctx=args.seq_len)
     cpu = torch.device("cpu")
-    init = _initial_model(Member(mc, chain, args.seed), cpu)
+    init = initial_model(Member(mc, chain, args.seed), cpu)
     batches = [member_batches([chain], [args.seed], s, tc, cpu)[0] for s in range(args.steps)]
     t0 = time.perf_counter()
     theirs, their_model, printed = run_authors(src, init, batches, args)

@@ -2,7 +2,12 @@
 # The GPU check of issue 13, for a machine with an NVIDIA GPU (a few minutes on an H200):
 #   1. the device-sensitive tests on CUDA (tests/training/test_cuda.py; they skip without a GPU),
 #   2. one run at the paper's settings (400 updates of 16 x 1024, tied, p=0.5 q=0.8),
-#   3. a stack of 256 members: tokens/s and the ratio to 256 single-run steps.
+#   3. a stack of 256 members: tokens/s and the ratio to 256 single-run steps,
+#   4. (issue 26) the precision slice on CUDA: the tying cell in fp32 and in the authors' GPU
+#      arithmetic (fp16 autocast, no scaler, TF32), seeds 0-3, to compare with the CPU emulation
+#      in docs/results/paper/precision,
+#   5. (issue 22) a slice of the in-context reproduction at the paper's size (length 512,
+#      d_model 32, 8,000 updates): the depth block, 1 seed per depth.
 # usage: bash benchmarks/gpu_check.sh [OUT_DIR]        (default $OUT or /tmp/markov-lens-gpu)
 # Runs with the machine's python3 (PYTHON=... to change) and this checkout on PYTHONPATH;
 # wheels of missing packages in .whl/ are installed to /tmp/site first (no network needed).
@@ -23,4 +28,16 @@ $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/training/test_cuda.py 2
     | tee "$OUT_DIR/tests.log" || status=1
 echo "== 2-3. paper run and stack of 256"
 $PY benchmarks/gpu_check.py --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/figures.log" || status=1
+echo "== 4. precision slice on CUDA (fp32 vs the authors' fp16 + TF32)"
+for arith in "--precision fp32" "--precision fp16 --no-grad-scaler --tf32"; do
+    for seed in 0 1 2 3; do
+        tag=$(echo "$arith" | tr -cd '[:alnum:]')-s$seed
+        $PY -m markov_lens.cli train --p 0.5 --q 0.8 --iters 400 --seq-len 1024 --batch 16 \
+            --seed "$seed" --device cuda $arith --out "$OUT_DIR/precision/$tag" \
+            2>&1 | tail -2 | tee -a "$OUT_DIR/precision.log" || status=1
+    done
+done
+echo "== 5. in-context depth slice at the paper's size (1 seed per depth)"
+$PY -m markov_lens.cli reproduce in-context --seeds 1 --out "$OUT_DIR/in-context" \
+    2>&1 | tail -20 | tee "$OUT_DIR/in-context.log" || status=1
 exit $status

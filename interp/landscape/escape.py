@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.chains import MarkovChain
 from training.config import ModelConfig
-from training.model import MarkovTransformer
+
+if TYPE_CHECKING:  # the model module (and TransformerLens) loads only when a study runs
+    from training.model import MarkovTransformer
 
 
 def init_escape_study(

@@ -17,7 +17,7 @@ from training.config import ModelConfig
 from training.recipe import TrainConfig
 from training.stacked import Member
 from training.trainer import member_batches, train
-from training.trainer.loop import _initial_model
+from training.trainer.loop import initial_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,7 @@ def test_trainer_reproduces_the_authors_losses(fix):
     mc, chain, tc, seed = setting(fix)
     cpu = torch.device("cpu")
     # the fixture's init and batches are the trainer's own for this seed
-    init = _initial_model(Member(mc, chain, seed), cpu)
+    init = initial_model(Member(mc, chain, seed), cpu)
     for name, p in init.named_parameters():
         want = torch.tensor(fix["initial_weights"][name], dtype=p.dtype)
         assert torch.equal(p.detach(), want), f"{name}: the init changed; rewrite the fixture"

@@ -80,7 +80,7 @@ def test_report_and_landscape_measure_the_same_hessian(tiny_tied_run, tmp_path, 
     class Stop(Exception):
         pass
 
-    def capture(model, tokens, cfg):
+    def capture(model, tokens, cfg, *args, **kwargs):
         seen.append((tokens.clone(), cfg.to_dict()))
         raise Stop
 

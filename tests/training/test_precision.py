@@ -25,7 +25,7 @@ from training.trainer import (
     train,
     train_ensemble,
 )
-from training.trainer.loop import _initial_model
+from training.trainer.loop import initial_model
 from training.trainer.rundir import _config_differences
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,9 +112,12 @@ def test_tf32_context_sets_and_restores_the_flags():
 
 
 def test_a_run_config_without_the_new_fields_loads_as_fp32():
-    saved = read_json(ZOO_CONFIG)["train"]
-    for key in ("grad_scaler", "tf32", "targets"):
-        assert key not in saved  # written before #26
+    # a train config as written before #26 (no precision fields)
+    saved = {
+        k: v
+        for k, v in TrainConfig(iters=7).to_dict().items()
+        if k not in ("precision", "grad_scaler", "tf32", "targets")
+    }
     tc = TrainConfig.from_dict(saved)
     assert (tc.precision, tc.grad_scaler, tc.tf32, tc.targets) == ("fp32", False, False, "inside")
     old = {"train": {k: v for k, v in TrainConfig().to_dict().items() if k != "precision"}}
@@ -134,7 +137,7 @@ def test_authors_targets_predict_seq_len_targets():
     # the first update's loss: the initial model reads 16 tokens and predicts all 16 next ones
     tokens = member_batches([CHAIN], [3], 0, tc, torch.device("cpu"))[0]
     assert tokens.shape == (4, 17)
-    model = _initial_model(Member(model_config(16), CHAIN, 3), torch.device("cpu"))
+    model = initial_model(Member(model_config(16), CHAIN, 3), torch.device("cpu"))
     with torch.no_grad():
         logp = model(tokens[:, :16]).double().log_softmax(-1)
     manual = -logp.gather(-1, tokens[:, 1:, None]).mean()

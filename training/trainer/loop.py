@@ -75,7 +75,7 @@ class MemberStart:
     wall_before: float = 0.0
 
 
-def _initial_model(member: Member, device: torch.device) -> MarkovTransformer:
+def initial_model(member: Member, device: torch.device) -> MarkovTransformer:
     """The trainer's initial model for this member (same seed stream and init)."""
     cfg = ModelConfig.from_dict(member.model_config.to_dict())
     chain = member.chain
@@ -110,7 +110,7 @@ class EnsembleLoop:
             if key not in ref_cache:
                 ref_cache[key] = run_references(m.chain, train_config)
             self.refs.append(ref_cache[key])
-        self.models = [_initial_model(m, device) for m in members]
+        self.models = [initial_model(m, device) for m in members]
         for model, state in zip(self.models, starts, strict=True):
             if state.checkpoint is not None:
                 model.load_state_dict(state.checkpoint.weights)
