@@ -10,9 +10,7 @@ the sides in turn, so that a change of the machine's load affects all of them al
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from typing import Any
 
 import torch
 
-from training.machine import vector_isa
+from training.machine import cpu_model, vector_isa
 
 
 @dataclass
@@ -56,13 +54,7 @@ class Comparison:
 def machine_line(device: torch.device) -> str:
     """The machine (CPU model and its widest vector ISA), torch threads and the load average
     (1, 5, 15 min)."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    where = f"{os.cpu_count()}-core {cpu} ({vector_isa()})"
+    where = f"{os.cpu_count()}-core {cpu_model()} ({vector_isa()})"
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)} (host: {where})"
     load = "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"

@@ -10,9 +10,7 @@ the end drives every command's parser with hostile values and flag combinations.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -27,6 +25,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from markov_lens.cli import main
+from tests.training.test_hostile_input import run_cli
 from training import limits
 from training.checkpoints import MANIFEST
 from training.locks import lock_directory
@@ -34,21 +33,6 @@ from training.runs import atomic_path, load_run
 
 HUGE = "1000000000000"
 DIGITS = "9" * 5000
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) with captured output; argparse's SystemExit becomes its exit code."""
-    out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = main(argv)
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        torch.set_num_threads(threads)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def snapshot(root: Path) -> set[tuple[str, int]]:
