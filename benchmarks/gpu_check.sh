@@ -7,7 +7,10 @@
 #      arithmetic (fp16 autocast, no scaler, TF32), seeds 0-3, to compare with the CPU emulation
 #      in docs/results/paper/precision,
 #   5. (issue 22) a slice of the in-context reproduction at the paper's size (length 512,
-#      d_model 32, 8,000 updates): the depth block, 1 seed per depth.
+#      d_model 32, 8,000 updates): its depth block (one kernel per minibatch), 1 and 2 layers,
+#      seed 0,
+#   6. (issue 22) a slice of the in-context atlas at the paper's size (preset
+#      in-context-paper): order 1, full attention, untied with an MLP, 1 and 2 layers, seed 0.
 # usage: bash benchmarks/gpu_check.sh [OUT_DIR]        (default $OUT or /tmp/markov-lens-gpu)
 # Runs with the machine's python3 (PYTHON=... to change) and this checkout on PYTHONPATH;
 # wheels of missing packages in .whl/ are installed to /tmp/site first (no network needed).
@@ -37,7 +40,26 @@ for arith in "--precision fp32" "--precision fp16 --no-grad-scaler --tf32"; do
             2>&1 | tail -2 | tee -a "$OUT_DIR/precision.log" || status=1
     done
 done
-echo "== 5. in-context depth slice at the paper's size (1 seed per depth)"
-$PY -m markov_lens.cli reproduce in-context --seeds 1 --out "$OUT_DIR/in-context" \
-    2>&1 | tail -20 | tee "$OUT_DIR/in-context.log" || status=1
+echo "== 5. in-context depth slice at the paper's size (1 and 2 layers, seed 0)"
+$PY - "$OUT_DIR/in-context.json" <<'PYEOF' || status=1
+import json, sys
+from training.experiments.presets import in_context_specs
+block = in_context_specs("full", 1)[1]  # the depth block: one kernel per minibatch
+block["model"]["layers"], block["seeds"] = [1, 2], [0]
+json.dump([block], open(sys.argv[1], "w"))
+PYEOF
+$PY -m markov_lens.cli sweep "$OUT_DIR/in-context.json" --workers 1 --out "$OUT_DIR/in-context" \
+    2>&1 | tail -5 | tee "$OUT_DIR/in-context.log" || status=1
+echo "== 6. in-context atlas slice at the paper's size (1 and 2 layers, seed 0)"
+$PY - "$OUT_DIR/atlas-in-context.json" <<'PYEOF' || status=1
+import json, sys
+from interp.atlas.grid import preset_spec
+block = preset_spec("in-context-paper", 1)[0]  # order 1, full attention
+block["model"] |= {"layers": [1, 2], "tie": [False], "mlp": [True]}
+block["seeds"] = [0]
+json.dump([block], open(sys.argv[1], "w"))
+PYEOF
+$PY -m markov_lens.cli atlas "$OUT_DIR/atlas-in-context.json" --workers 1 --no-probes \
+    --out "$OUT_DIR/atlas-in-context" 2>&1 | tail -5 | tee "$OUT_DIR/atlas-in-context.log" \
+    || status=1
 exit $status

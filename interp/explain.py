@@ -57,7 +57,13 @@ from interp.patching.plots import plot_direct_paths, plot_patching_result
 from training.chains import InContextChain, MarkovChain
 from training.jsonconfig import JsonConfig
 from training.model import MarkovTransformer
-from training.runs import load_run, savefig_atomic, step_dir_name, write_text_atomic
+from training.runs import (
+    display_name,
+    load_run,
+    savefig_atomic,
+    step_dir_name,
+    write_text_atomic,
+)
 
 BIGRAM_RATIO = 0.5
 UNIGRAM_RATIO = 0.1
@@ -624,5 +630,5 @@ def explain_run(
         out, report_files(config.corruptions or default_corruptions(run.chain)), overwrite
     )
     expl = explain_model(model, run.chain, config, train_len=run.train_config.seq_len)
-    title = f"markov-lens explain: {run.path.name} (step {chosen})"
+    title = f"markov-lens explain: {display_name(run.path.name)} (step {chosen})"
     return write_report(expl, out, title, overwrite=overwrite), expl

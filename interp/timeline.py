@@ -53,7 +53,7 @@ from interp.compare.plots import fmt, md_table
 from interp.heads import head_scores
 from training.chains import InContextChain
 from training.jsonconfig import JsonConfig
-from training.runs import Run, load_run
+from training.runs import Run, display_name, load_run
 from training.trainer import EvalSet
 from training.verdicts import summarise_metrics
 
@@ -257,7 +257,7 @@ def probe_timeline(
         device=str(device),
     )
     loaders = [(s, (lambda s=s: run.model(s, device=device))) for s in steps]
-    return probe_steps(loaders, run.chain, pc, run=run.path.name)
+    return probe_steps(loaders, run.chain, pc, run=display_name(run.path.name))
 
 
 # ------------------------------------------------------------------------------ figures

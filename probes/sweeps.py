@@ -405,7 +405,7 @@ def probe_run(
     steps: str | list[int] = "last",
 ) -> list[dict[str, Any]]:
     """Probe a run directory's checkpoints (``select_steps``); rows carry the run's name."""
-    from training.runs import load_run
+    from training.runs import display_name, load_run
 
     config = config or ProbeConfig()
     run = load_run(run_dir)
@@ -415,7 +415,7 @@ def probe_run(
     chosen = select_steps(run.checkpoint_steps(), steps)
     device = config.resolved_device()
     models = [(s, (lambda s=s: run.model(s, device=device))) for s in chosen]
-    return probe_steps(models, run.chain, config, run=Path(run_dir).name)
+    return probe_steps(models, run.chain, config, run=display_name(Path(run_dir).name))
 
 
 def probe_runs(

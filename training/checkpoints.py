@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from training.config import ModelConfig
 from training.devices import resolve_device
@@ -55,6 +56,12 @@ def package_version() -> str:
         return importlib_metadata.version("markov-lens")
     except importlib_metadata.PackageNotFoundError:
         return "unknown"
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``tensors`` as a safetensors file, through Python's open: safetensors' own file
+    functions refuse paths that are not valid UTF-8, which a run directory's name may be."""
+    path.write_bytes(save_safetensors(tensors))
 
 
 def sha256_file(path: Path) -> str:
@@ -129,7 +136,7 @@ def save_checkpoint(
             files[STATE] = _contiguous_cpu(state)
         digests = {}
         for name, tensors in files.items():
-            save_file(tensors, str(tmp / name))
+            write_safetensors(tensors, tmp / name)
             digests[name] = sha256_file(tmp / name)
         manifest = {
             "format": FORMAT,
@@ -217,16 +224,17 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not file.is_file():
             raise CheckpointError(f"{file} is missing (incomplete checkpoint)")
         try:
-            actual = sha256_file(file)
+            data = file.read_bytes()
         except OSError as err:
             raise CheckpointError(f"{file} cannot be read: {err}") from err
+        actual = hashlib.sha256(data).hexdigest()  # the bytes that are loaded are the checked ones
         if actual != expected:
             raise CheckpointError(
                 f"{file} is corrupt: SHA-256 {actual[:12]}... does not match the manifest's "
                 f"{str(expected)[:12]}..."
             )
         try:
-            loaded[name] = load_file(str(file))
+            loaded[name] = load_safetensors(data)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{file} is not a readable safetensors file: {err}") from err
     try:

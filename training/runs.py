@@ -47,6 +47,12 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """A path as text for titles, labels and reports: bytes that are not UTF-8 (a name the
+    file system holds but no text encoding can write) shown as \\xNN escapes."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -77,9 +83,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through ``atomic_path``, synced to disk."""
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_path``, synced to disk; a path
+    with bytes that are not UTF-8 quoted in it is written as ``display_name`` shows it."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

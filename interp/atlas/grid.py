@@ -17,6 +17,21 @@ Presets (``preset_spec``):
   first-order chains and the lag-2 chain, 2 seeds, length 64, 200 steps: minutes.
 - "test": a handful of tiny runs for the test suite.
 
+In-context presets (the regime where the paper states its depth claim; ``in_context_spec``):
+binary chains whose kernel is drawn per sequence (Dirichlet(1) rows, order 1 and full-history
+order 2), depth {1, 2, 3, 4} x window {full, 1, 2, 8} x tied/untied x MLP on/off, 5 seeds: 640
+runs, in four blocks run in this order (a sweep runs its blocks in order, so the depth
+question at full attention finishes first): order 1 full attention, order 1 windows, order 2
+full attention, order 2 windows. Every run keeps 4 checkpoints per octave (the stages and the
+step each head forms).
+- "in-context-paper": the authors' depth settings (length 512, d_model 32, AdamW lr 0.01,
+  8,000 steps of batch 16): a GPU preset.
+- "in-context": the CPU preset, **not** the paper's settings: length 128, batch 32, d_model
+  32, constant lr 0.01, 3,000 steps (the recipe of the zoo's in-context pair at half the
+  batch). Several sessions on a 2-core CPU (resumable; finished cells are committed as they
+  come).
+- "in-context-test": tiny, for the test suite.
+
 Window M: attention to positions n-M..n (M = 1: the current and the previous token); "full"
 is ordinary causal attention. Every run of a preset evaluates on the same held-out batches
 (eval_seed), so cells compare pair-wise.
@@ -30,7 +45,8 @@ from training.chains import KthOrderChain
 from training.experiments.presets import EVAL_SEED
 
 RANDOM_KERNEL_SEED = 0
-PRESETS = ("paper", "session", "quick", "test")
+IN_CONTEXT_PRESETS = ("in-context-paper", "in-context", "in-context-test")
+PRESETS = ("paper", "session", "quick", "test", *IN_CONTEXT_PRESETS)
 
 
 def chains() -> dict[str, dict[str, Any]]:
@@ -124,13 +140,65 @@ CHAINS_OF = {
     "quick": ["p0.5-q0.8", "p0.2-q0.3", "lag2-p0.2-q0.3"],
     "test": ["p0.5-q0.8", "lag2-p0.2-q0.3"],
 }
-DEFAULT_SEEDS = {"paper": 5, "session": 5, "quick": 2, "test": 1}
+DEFAULT_SEEDS = {
+    "paper": 5,
+    "session": 5,
+    "quick": 2,
+    "test": 1,
+    "in-context-paper": 5,
+    "in-context": 5,
+    "in-context-test": 1,
+}
+
+
+IN_CONTEXT_SETTINGS = {  # train section, d_model
+    "in-context-paper": ({"iters": 8000, "seq_len": 512, "batch": 16, "lr": 0.01}, 32),
+    "in-context": (
+        {"iters": 3000, "seq_len": 128, "batch": 32, "lr": 0.01, "schedule": "constant"},
+        32,
+    ),
+    "in-context-test": (
+        {"iters": 30, "seq_len": 16, "batch": 8, "eval_batches": 4, "lr": 0.01},
+        8,
+    ),
+}
+IN_CONTEXT_GRID = {"layers": [1, 2, 3, 4], "tie": [True, False], "mlp": [True, False]}
+IN_CONTEXT_WINDOWS = ([None], [1, 2, 8])  # full attention first, then the windows
+IN_CONTEXT_ORDERS = (1, 2)
+
+
+def in_context_spec(preset: str, seeds: int = 5) -> list[dict[str, Any]]:
+    """The sweep spec of an in-context atlas preset: four blocks, order 1 before order 2, full
+    attention before the windows (module doc); "in-context-test" is depth {1, 2} x window
+    {full, 1}, untied, with an MLP."""
+    train, d_model = IN_CONTEXT_SETTINGS[preset]
+    train = dict(train) | {"eval_seed": EVAL_SEED, "checkpoints_per_octave": 4}
+    grid, windows = dict(IN_CONTEXT_GRID), IN_CONTEXT_WINDOWS
+    if preset == "in-context-test":
+        grid, windows = {"layers": [1, 2], "tie": [False], "mlp": [True]}, ([None, 1],)
+        train["checkpoints_per_octave"] = 1
+    else:
+        train["eval_every"] = 50
+    return [
+        {
+            "chain": {"in_context": True, "order": order},
+            "model": {"d_model": d_model, "window": window} | grid,
+            "train": dict(train),
+            "seeds": seeds,
+        }
+        for order in IN_CONTEXT_ORDERS
+        for window in windows
+    ]
 
 
 def preset_spec(preset: str, seeds: int | None = None) -> list[dict[str, Any]]:
     """The sweep spec (a list of grids, one per chain) of an atlas preset (module doc)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown atlas preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if preset in IN_CONTEXT_PRESETS:
+        return in_context_spec(
+            preset, 1 if preset == "in-context-test" and seeds is None else (seeds or 5)
+        )
     seeds = DEFAULT_SEEDS[preset] if seeds is None else seeds
     table = chains()
     specs = []

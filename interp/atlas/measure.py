@@ -392,30 +392,36 @@ def measure_model(
     return out
 
 
-def timeline(run, config: AtlasConfig, lag: int) -> list[dict[str, Any]]:
-    """rho, sensitivity ratio and the noising shares of the flip at ``lag`` at every kept
-    checkpoint of ``run`` (a training.runs.Run)."""
+def timeline(run, config: AtlasConfig, lag: int | None) -> list[dict[str, Any]]:
+    """Per kept checkpoint of ``run`` (a training.runs.Run): rho, sensitivity ratio and the
+    noising shares of the flip at ``lag`` (unless None), and on in-context chains the best
+    head's previous-token and induction excess over their shuffled baselines (``heads``)."""
     out = []
+    in_context = isinstance(run.chain, InContextChain)
     for step in run.checkpoint_steps():
         model = run.model(step)
         model.eval()
         n = analysis_length(model, config, run.train_config.seq_len)
-        d = dependence_at_lag(
-            model,
-            run.chain,
-            lag,
-            config.timeline_seqs,
-            n,
-            config.seed,
-            ablate=False,
-            directions=("noise",),
-        )
-        out.append(
-            {
-                "step": step,
+        point: dict[str, Any] = {"step": step}
+        if lag is not None:
+            d = dependence_at_lag(
+                model,
+                run.chain,
+                lag,
+                config.timeline_seqs,
+                n,
+                config.seed,
+                ablate=False,
+                directions=("noise",),
+            )
+            point |= {
                 "rho": d["rho"],
                 "sensitivity_ratio": d["sensitivity_ratio"],
                 "shares": d["shares"].get("noise", {}),
             }
-        )
+        if in_context:
+            h = heads(model, run.chain, config.timeline_seqs, n, config.seed)
+            point["previous_token_excess"] = h["previous_token_excess_max"]
+            point["induction_excess"] = h["induction_excess_max"]
+        out.append(point)
     return out

@@ -9,6 +9,16 @@
   in-context estimate; below the diagonal: in context. Colour: depth; marker: window.
 - timeline.png: per run, the step at which the final mechanism is in place (interp.atlas
   .runner.mechanism_step) against the step it left the unigram plateau.
+
+Atlases with in-context chains (a kernel per sequence) also get:
+
+- stages.png: one panel per in-context chain (rows) and depth (columns), full attention: the
+  median eval loss over seeds against the step for each tying x MLP combination, with the
+  four in-context references (add-alpha = Bayes, in-context unigram, uniform, oracle).
+- head_steps.png: per run, the step each head forms (interp.atlas.runner.head_steps: the
+  best previous-token head, the best induction head) against the step the loss leaves the
+  in-context unigram stage (plateau exit); runs that never left or whose head never formed
+  are counted in the legend, not drawn.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import math
 from pathlib import Path
 
 from interp.atlas.tables import AXES, CARRIER_NAMES, CARRIER_ORDER
-from training.runs import savefig_atomic
+from training.runs import SUMMARY, read_json, read_metrics, savefig_atomic
 
 COLOURS = {
     "attention": "#1f77b4",
@@ -173,14 +183,133 @@ def plot_timeline(rows: list[dict]):
     return fig
 
 
+def in_context_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose training chain is in-context (atlas chain names in-context-s*-k*)."""
+    return [r for r in rows if str(r.get("chain", "")).startswith("in-context")]
+
+
+def _references(row: dict) -> dict[str, float]:
+    """A run's in-context references (nats) from its summary.json, {} if it has none."""
+    path = Path(str(row.get("run_dir", ""))) / SUMMARY
+    if not path.is_file():
+        return {}
+    refs = (read_json(path).get("references") or {}).get("in_context_references") or {}
+    return {k: v for k, v in refs.items() if isinstance(v, (int, float))}
+
+
+def _median_curve(run_dirs: list[str]) -> tuple[list[int], list[float]]:
+    """The median over runs of the eval loss at each step all of them evaluated."""
+    import numpy as np
+
+    curves = []
+    for d in run_dirs:
+        path = Path(d) / "metrics.jsonl"
+        if path.is_file():
+            curves.append({m["step"]: m["eval_loss"] for m in read_metrics(path)})
+    if not curves:
+        return [], []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return steps, [float(np.median([c[s] for c in curves])) for s in steps]
+
+
+def plot_stages(rows: list[dict]):
+    """stages.png (module doc)."""
+    from training.experiments.in_context import REFERENCE_STYLES
+
+    rows = [r for r in in_context_rows(rows) if str(r.get("window")) == "full"]
+    chains = sorted({r["chain"] for r in rows})
+    depths = _sorted({str(r["layers"]) for r in rows})
+    fig, axes = _figure(max(len(chains), 1), max(len(depths), 1), 3.6, 3.0)
+    combos = sorted({(str(r["tie"]), str(r["mlp"])) for r in rows})
+    for i, chain in enumerate(chains):
+        for j, depth in enumerate(depths):
+            ax = axes[i][j]
+            cell = [r for r in rows if r["chain"] == chain and str(r["layers"]) == depth]
+            for c, (tie, mlp) in enumerate(combos):
+                sel = [r for r in cell if (str(r["tie"]), str(r["mlp"])) == (tie, mlp)]
+                steps, loss = _median_curve([r["run_dir"] for r in sel if r.get("run_dir")])
+                if steps:
+                    word = f"{'tied' if tie == 'True' else 'untied'}, {'MLP' if mlp == 'True' else 'no MLP'}"
+                    ax.plot(
+                        steps, loss, color=f"C{c}", lw=1, label=f"{word} (median of {len(sel)})"
+                    )
+            refs = next((x for x in map(_references, cell) if x), {})
+            for name, (word, style) in REFERENCE_STYLES.items():
+                if name in refs:
+                    ax.axhline(refs[name], color="k", ls=style, lw=0.8, label=word)
+            if "add_alpha" in refs and "uniform" in refs:  # the references frame the panel
+                span = refs["uniform"] - refs.get("oracle", refs["add_alpha"])
+                ax.set_ylim(
+                    refs.get("oracle", refs["add_alpha"]) - 0.1 * span,
+                    refs["uniform"] + 0.15 * span,
+                )
+            ax.set_xscale("log")
+            ax.set_title(f"{chain}, {depth} layer(s), full attention", fontsize=8)
+            ax.set_xlabel("step", fontsize=8)
+            ax.set_ylabel("eval loss (nats)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if i == 0 and j == 0 and ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
+    return fig
+
+
+def plot_head_steps(rows: list[dict]):
+    """head_steps.png (module doc)."""
+    rows = in_context_rows(rows)
+    fig, axes = _figure(1, 1, 5.0, 4.2)
+    ax = axes[0][0]
+    depths = _sorted({str(r.get("layers")) for r in rows})
+    top = 1
+    for key, marker, word in (
+        ("previous_token_step", "o", "previous-token head"),
+        ("induction_step", "^", "induction head"),
+    ):
+        for i, d in enumerate(depths):
+            sel = [r for r in rows if str(r.get("layers")) == d]
+            pts = [
+                (r["plateau_exit_step"], r[key])
+                for r in sel
+                if isinstance(r.get("plateau_exit_step"), (int, float))
+                and isinstance(r.get(key), (int, float))
+                and r["plateau_exit_step"] > 0
+                and r[key] > 0
+            ]
+            if not sel:
+                continue
+            xs, ys = zip(*pts, strict=True) if pts else ((), ())
+            top = max([top, *xs, *ys])
+            ax.scatter(
+                xs,
+                ys,
+                s=16,
+                color=f"C{i}",
+                marker=marker,
+                alpha=0.7,
+                label=f"{word}, {d} layer(s): {len(pts)} of {len(sel)} runs",
+            )
+    ax.plot([1, top], [1, top], "k:", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("step the loss leaves the in-context unigram stage", fontsize=8)
+    ax.set_ylabel("step the head forms (excess >= 0.2 from then on)", fontsize=8)
+    ax.set_title("heads form when the loss leaves the unigram stage?", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    return fig
+
+
 def write_figures(out: Path, rows: list[dict], cells: list[dict]) -> dict[str, Path]:
-    """atlas_grid.png, in_context.png and timeline.png in ``out``."""
-    files = {}
-    for name, fig in (
+    """atlas_grid.png, in_context.png and timeline.png in ``out``; with in-context chains
+    also stages.png and head_steps.png."""
+    figures = [
         ("atlas_grid", plot_grid(cells)),
         ("in_context", plot_in_context(rows)),
         ("timeline", plot_timeline(rows)),
-    ):
+    ]
+    if in_context_rows(rows):
+        figures += [("stages", plot_stages(rows)), ("head_steps", plot_head_steps(rows))]
+    files = {}
+    for name, fig in figures:
         path = Path(out) / f"{name}.png"
         savefig_atomic(fig, path, dpi=110)
         files[name] = path

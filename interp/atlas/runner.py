@@ -55,33 +55,64 @@ def measure_run(run_dir: str | os.PathLike, config: AtlasConfig | None = None) -
         {"induction": INDUCTION_THRESHOLDS} if "circuit" in measurement else {}
     )
     record = {"config": config.to_dict(), "thresholds": thresholds} | measurement | label
-    if config.timeline and label["main_lag"] is not None:
+    in_context = "circuit" in measurement
+    if config.timeline and (label["main_lag"] is not None or in_context):
         record["timeline"] = timeline(run, config, label["main_lag"])
-        record["mechanism_step"] = mechanism_step(record["timeline"], label["carrier"])
+        if label["main_lag"] is not None:
+            record["mechanism_step"] = mechanism_step(record["timeline"], label["carrier"])
+        if in_context:
+            record |= head_steps(record["timeline"])
     record["measure_seconds"] = time.perf_counter() - t0
     record = finite_json(record)
     write_json_atomic(Path(run_dir) / ATLAS_JSON, record)
     return record
 
 
+def first_step_from(points: list[dict], ok) -> int | None:
+    """The first checkpoint step from which on ``ok(point)`` holds at every later checkpoint,
+    None if it does not hold at the last one."""
+    step = None
+    for p in points:
+        if ok(p):
+            step = p["step"] if step is None else step
+        else:
+            step = None
+    return step
+
+
 def mechanism_step(points: list[dict], carrier: str) -> int | None:
     """First checkpoint step from which on the model follows the token (|rho| >= 0.5) through
     the final carrier (noising share >= 0.5; any path for "distributed"), None if never."""
-    step = None
-    for p in points:
+
+    def ok(p: dict) -> bool:
         rho = p.get("rho")
         share = (p.get("shares") or {}).get(carrier, 1.0 if carrier == "distributed" else None)
-        ok = (
+        return (
             isinstance(rho, (int, float))
             and abs(rho) >= MECHANISM_RHO
             and isinstance(share, (int, float))
             and share >= MECHANISM_SHARE
         )
-        if ok and step is None:
-            step = p["step"]
-        elif not ok:
-            step = None
-    return step
+
+    return first_step_from(points, ok)
+
+
+def head_steps(points: list[dict]) -> dict[str, int | None]:
+    """In-context runs: the step each head forms (first checkpoint from which on the best
+    head's previous-token / induction excess stays >= the induction label's thresholds,
+    INDUCTION_PREVIOUS_TOKEN and INDUCTION_MATCH_MARGIN), None if it has not by the end."""
+
+    def at_least(key: str, threshold: float):
+        return lambda p: isinstance(p.get(key), (int, float)) and p[key] >= threshold
+
+    return {
+        "previous_token_step": first_step_from(
+            points, at_least("previous_token_excess", INDUCTION_THRESHOLDS["previous_token"])
+        ),
+        "induction_step": first_step_from(
+            points, at_least("induction_excess", INDUCTION_THRESHOLDS["match_margin"])
+        ),
+    }
 
 
 def atlas_task(task: dict, config: dict | None = None) -> dict[str, Any]:
@@ -89,7 +120,7 @@ def atlas_task(task: dict, config: dict | None = None) -> dict[str, Any]:
     unless RUN_DIR/atlas.json exists, and return the sweep row plus the atlas columns."""
     from training.sweeps import run_task
 
-    row = run_task(task)
+    row = _with_chain(task, run_task(task))
     if row.get("status") != "finished":
         return row | {"label": row.get("status") or "failed"}
     path = Path(row["run_dir"]) / ATLAS_JSON
@@ -101,6 +132,47 @@ def atlas_task(task: dict, config: dict | None = None) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a sweep reports failures, it does not stop
         return row | {"label": "failed", "status": "failed", "error": f"atlas: {err}"}
     return row | flatten(record)
+
+
+def _with_chain(task: Any, row: dict) -> dict:
+    """The row with the chain's options as JSON where the chain is in-context (the label's
+    in_context column would otherwise hide the chain's option of the same name)."""
+    t = task if isinstance(task, dict) else task.to_dict()
+    chain = t["options"].get("chain") or {}
+    if chain.get("in_context"):
+        row["chain"] = json.dumps(chain, sort_keys=True)
+    return row
+
+
+def collect_atlas(
+    spec: Any, out_dir: str | os.PathLike, tables_dir: str | os.PathLike, settings: str = ""
+) -> dict[str, Path]:
+    """The tables and figures of the runs of ``spec`` in ``out_dir`` measured so far (those
+    with atlas.json), written into ``tables_dir``; trains and measures nothing, so it can read
+    an atlas another process is still running, or one a session had to leave unfinished."""
+    from interp.atlas.plots import write_figures
+    from interp.atlas.tables import cell_rows, write_tables
+    from training.runs import SUMMARY
+    from training.sweeps import expand
+    from training.sweeps.tasks import result_row
+
+    rows = []
+    for task in expand(spec, out_dir):
+        run_dir = Path(task.run_dir)
+        if (run_dir / ATLAS_JSON).is_file() and (run_dir / SUMMARY).is_file():
+            summary = json.loads((run_dir / SUMMARY).read_text())
+            record = json.loads((run_dir / ATLAS_JSON).read_text())
+            rows.append(_with_chain(task, result_row(task, summary)) | flatten(record))
+    if not rows:
+        raise FileNotFoundError(f"{out_dir} holds no measured run of this spec (no {ATLAS_JSON})")
+    rows = atlas_rows(rows)
+    cells = cell_rows(rows)
+    Path(tables_dir).mkdir(parents=True, exist_ok=True)
+    n_tasks = len(expand(spec, out_dir))
+    note = f"Collected: {len(rows)} of the spec's {n_tasks} runs were measured."
+    files = write_tables(Path(tables_dir), rows, cells, settings=f"{settings}\n\n{note}".strip())
+    files |= write_figures(Path(tables_dir), rows, cells)
+    return files
 
 
 def _num(v: Any) -> float:
@@ -150,6 +222,9 @@ def flatten(record: dict) -> dict[str, Any]:
         for group in ("attn", "mlp", "resid"):
             out[f"probe_{target}_{group}"] = _num(best.get(f"{target}.{group}"))
     out["mechanism_step"] = record.get("mechanism_step")
+    for key in ("previous_token_step", "induction_step"):
+        if key in record:
+            out[key] = record[key]
     out["measure_seconds"] = _num(record.get("measure_seconds"))
     return out
 

@@ -9,13 +9,14 @@ seeds (training.stats).
 from __future__ import annotations
 
 import math
-import platform
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from interp.atlas.claims import check_claims
-from interp.atlas.labels import THRESHOLDS
+from interp.atlas.labels import INDUCTION_THRESHOLDS, THRESHOLDS
+from training.machine import cpu_model, vector_isa
 from training.runs import write_text_atomic
 from training.stats import bootstrap_interval, finite, fmt_fraction, fmt_interval, wilson_interval
 from training.sweeps import markdown_table, write_csv
@@ -40,6 +41,9 @@ MEANS = (
     "induction_excess",
 )
 N_BOOT = 2000
+# In-context runs: when the loss leaves the in-context unigram stage and when each head forms
+# (interp.atlas.runner.head_steps); medians over the runs where it happened.
+STEPS = ("plateau_exit_step", "previous_token_step", "induction_step")
 
 
 def _measured(rows: list[dict]) -> list[dict]:
@@ -60,8 +64,8 @@ def summarise(group: list[dict]) -> dict[str, Any]:
             lo,
             hi,
         )
-    for flag in ("reached", "in_context"):
-        k = sum(bool(r.get(flag)) for r in measured)
+    for flag in ("reached", "in_context", "induction"):
+        k = sum(r.get(flag) is True or str(r.get(flag)) == "True" for r in measured)
         lo, hi = wilson_interval(k, n)
         out[f"n_{flag}"], out[f"frac_{flag}"] = k, k / n if n else math.nan
         out[f"frac_{flag}_lo"], out[f"frac_{flag}_hi"] = lo, hi
@@ -70,6 +74,10 @@ def summarise(group: list[dict]) -> dict[str, Any]:
         label, k = labels.most_common(1)[0]
         out["majority_label"], out["majority_count"] = label, k
     out["labels"] = dict(labels)
+    for key in STEPS:
+        steps = [r[key] for r in measured if finite(r.get(key))]
+        out[f"{key}_median"] = statistics.median(steps) if steps else math.nan
+        out[f"n_{key}"] = len(steps)
     for key in MEANS:
         stat = bootstrap_interval(
             [r.get(key) for r in measured if finite(r.get(key))], n_boot=N_BOOT
@@ -130,6 +138,8 @@ def _display(rows: list[dict], lead: tuple[str, ...]) -> list[dict[str, str]]:
         for c in CARRIER_ORDER:
             line[CARRIER_NAMES[c]] = _frac(r, c)
         line["in-context"] = _frac(r, "in_context")
+        if str(r.get("chain", "")).startswith("in-context"):
+            line["in-context (induction)"] = _frac(r, "induction")
         line["excess KL (nats)"] = _mean(r, "final_kl", 4)
         line["in-context index"] = _mean(r, "in_context_index", 2)
         table.append(line)
@@ -148,7 +158,7 @@ def atlas_markdown(
         f"{len(rows)} runs in {len(cells)} cells; {len(measured)} measured. "
         + (f"Wall time of this invocation {wall:.0f} s. " if wall is not None else "")
         + (f"Training {sum(seconds):.0f} s summed over runs. " if seconds else "")
-        + f"Machine: {platform.processor() or platform.machine()}, {platform.system()}.",
+        + f"Machine: {cpu_model()} ({vector_isa()}).",
         "",
     ]
     if settings:
@@ -170,6 +180,7 @@ def atlas_markdown(
         "",
         markdown_table(check_claims(rows), ["claim", "held for", "status"]),
     ]
+    lines += in_context_section(rows)
     for axis in ("layers", "window", "tie", "mlp"):
         lines += [f"## Pooled by {axis} (over the other axes)", ""]
         lines.append(markdown_table(_display(pooled(rows, axis), ("chain", axis))))
@@ -178,6 +189,47 @@ def atlas_markdown(
         lines += [f"### {chain[0]}", ""]
         lines.append(markdown_table(_display(group, ("tie", "mlp", "layers", "window"))))
     return "\n".join(lines)
+
+
+def _median(row: dict, key: str) -> str:
+    m = row.get(f"{key}_median")
+    return f"{m:g} ({row[f'n_{key}']} runs)" if finite(m) else "-"
+
+
+def in_context_section(rows: list[dict]) -> list[str]:
+    """atlas.md's section on in-context chains: per chain, depth, tying and MLP at full
+    attention, the induction label, the add-alpha loss reached, and the medians of the step
+    the loss leaves the unigram stage and of the steps the heads form."""
+    ic = [
+        r
+        for r in rows
+        if str(r.get("chain", "")).startswith("in-context") and str(r.get("window")) == "full"
+    ]
+    if not ic:
+        return []
+    table = []
+    for _, group in group_rows(ic, ("chain", "layers", "tie", "mlp")).items():
+        r = {a: group[0].get(a) for a in ("chain", "layers", "tie", "mlp")} | summarise(group)
+        line = {a: str(r[a]) for a in ("chain", "layers", "tie", "mlp")}
+        line["runs"] = f"{r['measured']}/{r['runs']}"
+        line["in-context (induction)"] = _frac(r, "induction")
+        line["add-alpha reached"] = _frac(r, "reached")
+        line["KL to add-alpha (nats)"] = _mean(r, "final_kl", 4)
+        line["leaves unigram stage (median step)"] = _median(r, "plateau_exit_step")
+        line["previous-token head forms"] = _median(r, "previous_token_step")
+        line["induction head forms"] = _median(r, "induction_step")
+        table.append(line)
+    return [
+        "## In-context chains (a kernel per sequence), full attention",
+        "",
+        "`in-context (induction)`: rule 5 of interp/atlas/labels.py (thresholds "
+        + ", ".join(f"{k} = {v}" for k, v in INDUCTION_THRESHOLDS.items())
+        + "); 'add-alpha reached': the loss verdict against the add-alpha (Bayes) predictor; "
+        "a head forms at the first checkpoint from which on its excess over the shuffled "
+        "baseline stays >= 0.2.",
+        "",
+        markdown_table(table),
+    ]
 
 
 def write_tables(

@@ -20,7 +20,7 @@ from training.checkpoints import MANIFEST, model_from_checkpoint, read_checkpoin
 from training.devices import resolve_device
 from training.model import MarkovTransformer
 from training.recipe import TrainConfig
-from training.runs import CONFIG, Run, load_run
+from training.runs import CONFIG, Run, display_name, load_run
 from training.trainer import run_references
 
 SourceLike = str | os.PathLike | Run | MarkovTransformer
@@ -80,8 +80,8 @@ def run_name(path: Path) -> str:
     """A run's label: its directory name, with the parent's for sweep runs (CELL/seedN)."""
     path = Path(path).resolve()
     if re.fullmatch(r"seed\d+", path.name) and path.parent.name:
-        return f"{path.parent.name}/{path.name}"
-    return path.name
+        return display_name(f"{path.parent.name}/{path.name}")
+    return display_name(path.name)
 
 
 def _run_of_checkpoint(path: Path) -> Run | None:

@@ -21,7 +21,7 @@ from interp.report.sections import (
     section_config,
     section_verdict,
 )
-from training.runs import load_run, write_text_atomic
+from training.runs import display_name, load_run, write_text_atomic
 
 REPORT = "report.html"
 
@@ -50,7 +50,7 @@ def build_report(
         )
         refs = subject.references
         head = (
-            f"<p>{badge} run directory <code>{html.escape(str(subject.path))}</code>, "
+            f"<p>{badge} run directory <code>{html.escape(display_name(subject.path))}</code>, "
             f"checkpoint step {subject.step}; optimal loss L* = {refs['optimal_loss']:.4f}, "
             f"unigram loss L_u = {refs['unigram_loss']:.4f} nats.</p>"
         )

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from interp.atlas.grid import PRESETS
 from markov_lens.cli import UserError, add_command
 from markov_lens.cli.validation import add_allow_large, check_output_path, nonempty
 
@@ -31,9 +32,11 @@ def register(subparsers) -> None:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec file (or use --preset)")
     p.add_argument(
         "--preset",
-        choices=("paper", "session", "quick", "test"),
+        choices=PRESETS,
         help="a built-in grid (paper: paper settings, 1200 runs; session: shortened to fit "
-        "a 3-hour session on 2 cores; quick: minutes; test: seconds)",
+        "a 3-hour session on 2 cores; quick: minutes; test: seconds; in-context, "
+        "in-context-paper, in-context-test: chains with a kernel per sequence, 640 runs at "
+        "CPU / paper settings)",
     )
     p.add_argument("--out", metavar="DIR", required=True, type=nonempty, help="output directory")
     p.add_argument("--seeds", type=int, help="seeds per cell (preset default: 5; quick 2)")
@@ -41,11 +44,20 @@ def register(subparsers) -> None:
     p.add_argument(
         "--backend", default="local", help="local (default), ensemble or ray (see `sweep`)"
     )
+    p.add_argument(
+        "--collect",
+        metavar="DIR",
+        type=nonempty,
+        help="train and measure nothing: write the tables and figures of the runs in --out "
+        "measured so far into DIR (an atlas still running, or left unfinished)",
+    )
     p.add_argument("--n-seqs", type=int, default=128, help="sequences per measurement (128)")
     p.add_argument("--no-probes", action="store_true", help="skip the probes")
     p.add_argument("--no-timeline", action="store_true", help="skip the checkpoint timeline")
     p.add_argument(
-        "--force", action="store_true", help="run in an --out that holds another atlas spec"
+        "--force",
+        action="store_true",
+        help="run in an --out that holds another atlas spec; with --collect, replace DIR's tables",
     )
     add_allow_large(p)
     p.set_defaults(func=run)
@@ -60,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from training.sweeps import expand, load_spec
 
     if (args.spec is None) == (args.preset is None):
-        raise UserError("give either a SPEC file or --preset NAME (paper, session, quick, test)")
+        raise UserError(f"give either a SPEC file or --preset NAME ({', '.join(PRESETS)})")
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {args.seeds}")
     if args.workers is not None and args.workers < 1:
@@ -82,6 +94,25 @@ def run(args: argparse.Namespace) -> int:
             for s in spec if isinstance(spec, list) else [spec]:
                 s["seeds"] = args.seeds
         settings = f"Spec `{args.spec}`:\n\n```json\n{json.dumps(spec)[:4000]}\n```"
+    if args.collect is not None:
+        from interp.atlas.runner import collect_atlas
+
+        check_output_path(args.collect, "--collect")
+        held = [n for n in ("atlas.md", "atlas.csv") if (Path(args.collect) / n).exists()]
+        if held and not args.force:
+            raise UserError(
+                f"--collect: {args.collect} already holds {held[0]}; add --force to replace "
+                "its tables and figures"
+            )
+        if not Path(args.out).is_dir():
+            raise UserError(f"--collect: {args.out} is not a directory (nothing to collect)")
+        try:
+            files = collect_atlas(spec, args.out, args.collect, settings)
+        except FileNotFoundError as err:
+            raise UserError(str(err)) from err
+        for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid"):
+            print(files[name])
+        return 0
     config = AtlasConfig(
         n_seqs=args.n_seqs, probes=not args.no_probes, timeline=not args.no_timeline
     )

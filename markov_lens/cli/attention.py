@@ -18,7 +18,7 @@ import torch
 from markov_lens.cli import add_command
 from markov_lens.cli.options import add_run_options, open_run, save_figure
 from training.limits import MAX_N_CTX
-from training.runs import write_text_atomic
+from training.runs import display_name, write_text_atomic
 
 # The analysis modules (matplotlib, the model and transformer_lens) are imported by run.
 
@@ -77,7 +77,11 @@ def run_attention(args: argparse.Namespace) -> int:
     write_text_atomic(out / names[3], json.dumps(finite_json(record), indent=2, allow_nan=False))
     if not args.no_html:
         write_attention_html(
-            out / "attention.html", patterns[:, 0], tokens[0], f"{run.path.name} step {step}", True
+            out / "attention.html",
+            patterns[:, 0],
+            tokens[0],
+            f"{display_name(run.path.name)} step {step}",
+            True,
         )
     print(f"wrote {', '.join(names)} to {out}")
     return 0

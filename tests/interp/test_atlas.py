@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.atlas.claims import check_claims
 from interp.atlas.grid import PRESETS, chain_name, chains, preset_spec
 from interp.atlas.labels import INDUCTION, atlas_label, carrier_of
 from interp.atlas.measure import (
@@ -19,7 +20,15 @@ from interp.atlas.measure import (
     measure_model,
     transfer_chains,
 )
-from interp.atlas.runner import flatten, load_atlas, mechanism_step, run_atlas
+from interp.atlas.runner import (
+    collect_atlas,
+    first_step_from,
+    flatten,
+    head_steps,
+    load_atlas,
+    mechanism_step,
+    run_atlas,
+)
 from interp.corruptions import make_patching_data
 from interp.explain import finite_json
 from interp.landscape import theta_pi_model
@@ -256,6 +265,107 @@ def test_paper_preset_is_the_issue_grid(tmp_path):
     assert {t.options["train"]["eval_seed"] for t in tasks} == {
         preset_spec("paper")[0]["train"]["eval_seed"]
     }
+
+
+def test_in_context_preset_is_the_issue_grid(tmp_path):
+    spec = preset_spec("in-context")
+    tasks = expand(spec, tmp_path)
+    assert len(tasks) == 2 * 4 * 4 * 2 * 2 * 5  # orders x depth x window x tie x MLP x seeds
+    assert {chain_name(t.options["chain"]) for t in tasks} == {
+        "in-context-s2-k1",
+        "in-context-s2-k2",
+    }
+    # blocks run in order: order 1 at full attention first, then its windows, then order 2
+    assert [(b["chain"]["order"], b["model"]["window"]) for b in spec] == [
+        (1, [None]),
+        (1, [1, 2, 8]),
+        (2, [None]),
+        (2, [1, 2, 8]),
+    ]
+    first = tasks[: 4 * 2 * 2 * 5]
+    assert {t.options["model"]["window"] for t in first} == {None}
+    assert {t.options["chain"]["order"] for t in first} == {1}
+    assert {t.options["model"]["layers"] for t in tasks} == {1, 2, 3, 4}
+    assert {t.options["train"]["checkpoints_per_octave"] for t in tasks} == {4}
+    paper = preset_spec("in-context-paper")[0]["train"]
+    assert (paper["seq_len"], paper["iters"], paper["lr"]) == (512, 8000, 0.01)
+
+
+def test_head_steps_is_the_first_step_it_stays_formed():
+    pts = [
+        {"step": 0, "previous_token_excess": 0.0, "induction_excess": 0.0},
+        {"step": 8, "previous_token_excess": 0.3, "induction_excess": 0.0},
+        {"step": 16, "previous_token_excess": 0.1, "induction_excess": 0.25},
+        {"step": 32, "previous_token_excess": 0.4, "induction_excess": 0.3},
+        {"step": 64, "previous_token_excess": 0.5, "induction_excess": None},
+    ]
+    assert head_steps(pts) == {"previous_token_step": 32, "induction_step": None}
+    assert head_steps(pts[:4]) == {"previous_token_step": 32, "induction_step": 16}
+    assert first_step_from([], lambda p: True) is None
+
+
+def test_in_context_claims_select_their_chains():
+    base = {"carrier": "attention", "window": "full", "tie": True, "mlp": True, "reached": True}
+    rows = [
+        base | {"chain": "in-context-s2-k1", "layers": 2, "induction": True},
+        base | {"chain": "in-context-s2-k1", "layers": 3, "induction": "False"},
+        base | {"chain": "in-context-s2-k1", "layers": 1, "induction": False, "reached": False},
+        base | {"chain": "p0.5-q0.8", "layers": 2, "induction": True},  # not in-context
+    ]
+    by = {c["claim"]: c for c in check_claims(rows)}
+    deep = by[
+        "in-context chains, 2 or more layers, full attention: an induction mechanism "
+        "(labelled in-context (induction))"
+    ]
+    assert (deep["k"], deep["n"]) == (1, 2)
+    one = by[
+        "in-context chains (a kernel per sequence), 1 layer, full attention: no induction "
+        "mechanism (never labelled in-context (induction))"
+    ]
+    assert (one["k"], one["n"]) == (1, 1)
+
+
+def test_in_context_atlas_end_to_end(tmp_path):
+    out = tmp_path / "atlas"
+    with one_thread():
+        files = run_atlas(
+            preset_spec("in-context-test"),
+            out,
+            AtlasConfig(n_seqs=32, probes=False),
+            workers=1,
+            progress=False,
+        )
+    for name in ("stages", "head_steps"):
+        assert files[name].is_file() and files[name].stat().st_size > 0
+    rows = load_atlas(out)
+    assert len(rows) == 8
+    assert {r["chain"] for r in rows} == {"in-context-s2-k1", "in-context-s2-k2"}
+    for r in rows:
+        record = json.loads((Path(r["run_dir"]) / "atlas.json").read_text())
+        assert "circuit" in record and r["induction"] in (True, False)
+        assert [p["step"] for p in record["timeline"]] == load_run(r["run_dir"]).checkpoint_steps()
+        assert all("previous_token_excess" in p for p in record["timeline"])
+        assert head_steps(record["timeline"]) == {
+            k: record[k] for k in ("previous_token_step", "induction_step")
+        }
+    md = (out / "atlas.md").read_text()
+    assert "## In-context chains (a kernel per sequence), full attention" in md
+    assert "in-context chains, 2 or more layers" in md
+    # --collect: the same tables from the measured runs alone, training nothing
+    spec = preset_spec("in-context-test")
+    collected = collect_atlas(spec, out, tmp_path / "collected")
+    assert (tmp_path / "collected" / "atlas.csv").read_text() == (out / "atlas.csv").read_text()
+    assert "Collected: 8 of the spec's 8 runs" in collected["atlas_md"].read_text()
+    (Path(rows[-1]["run_dir"]) / "atlas.json").unlink()  # an unmeasured run is left out
+    collect_atlas(spec, out, tmp_path / "partial")
+    assert len(load_atlas(tmp_path / "partial")) == 7
+    from tests.training.test_hostile_input import run_cli
+
+    argv = ["atlas", "--preset", "in-context-test", "--out", str(out)]
+    rc, _, err = run_cli([*argv, "--collect", str(tmp_path / "partial")])
+    assert rc == 2 and "already holds atlas.md; add --force" in err
+    rc, _, err = run_cli([*argv, "--collect", str(tmp_path / "partial"), "--force"])
+    assert rc == 0, err
 
 
 def test_presets_and_bad_preset():

@@ -495,3 +495,29 @@ def hostile_argv(draw, d: Path):
 def test_every_parser_refuses_hostile_values(root, data):
     argv = data.draw(hostile_argv(root))
     assert_refused(argv, "", root)
+
+
+def test_a_run_under_a_name_that_is_not_utf8_round_trips(tmp_path, one_thread_module):
+    """A directory name with bytes no text encoding can write (the file system allows them):
+    the run trains, loads (checkpoints are read as bytes, not through safetensors' UTF-8-only
+    paths), and every analysis writes its outputs with the name shown as \\xNN."""
+    name = os.fsdecode(b"run-\xff")
+    run_dir = tmp_path / name
+    rc, _, err = run_cli(
+        "train --p 0.3 --q 0.6 --no-progress --iters 4 --seq-len 8 --batch 2 --eval-every 2 "
+        "--eval-batches 1 --d-model 4 --out".split()
+        + [str(run_dir)]
+    )
+    assert rc == 0, err
+    run = load_run(run_dir)
+    assert run.model().cfg.d_model == 4 and run.summary()["steps"] == 4
+    for argv in (
+        ["explain", str(run_dir)],
+        ["report", str(run_dir), "--no-landscape"],
+        ["compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp")],
+        ["attention", str(run_dir), "--out", str(tmp_path / "att")],
+    ):
+        rc, out, err = run_cli(argv)
+        assert rc == 0, (argv, err)
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "run-\\xff" in report

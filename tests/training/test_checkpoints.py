@@ -187,16 +187,16 @@ def test_overwrite_replaces_the_checkpoint(tmp_path):
 
 
 def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
-    real = safetensors.torch.save_file
+    real = checkpoints.write_safetensors
     calls = []
 
-    def failing(tensors, filename, *args, **kwargs):
-        calls.append(filename)
+    def failing(tensors, *args, **kwargs):
+        calls.append(sorted(tensors))
         if len(calls) == 2:
             raise OSError("disk full")
-        return real(tensors, filename, *args, **kwargs)
+        return real(tensors, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "save_file", failing)
+    monkeypatch.setattr(checkpoints, "write_safetensors", failing)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "c", make_model(), state={"x": torch.ones(2)})
     assert len(calls) == 2
@@ -208,16 +208,16 @@ def test_interrupted_overwrite_keeps_the_previous_checkpoint(tmp_path, monkeypat
     path = save_checkpoint(tmp_path / "c", good, metadata={"step": 1})
     before = {name: (path / name).read_bytes() for name in os.listdir(path)}
 
-    real = safetensors.torch.save_file
+    real = checkpoints.write_safetensors
     calls = []
 
-    def failing(tensors, filename, *args, **kwargs):
-        calls.append(filename)
+    def failing(tensors, *args, **kwargs):
+        calls.append(sorted(tensors))
         if len(calls) == 2:  # the state file, after the weights were written
             raise OSError("disk full")
-        return real(tensors, filename, *args, **kwargs)
+        return real(tensors, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "save_file", failing)
+    monkeypatch.setattr(checkpoints, "write_safetensors", failing)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, make_model(seed=1), state={"x": torch.ones(2)}, overwrite=True)
     monkeypatch.undo()

@@ -300,12 +300,14 @@ def test_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(
     `markov-lens train` stops with one error line naming the checkpoint and the cause, every
     checkpoint already written still verifies, and once the fault is gone `--resume` ends
     bit-identical to a run that never failed. Both faults are injected into the checkpoint
-    writer (safetensors' save_file): the tests run as root, which ignores permissions, and
+    writer (training.checkpoints.write_safetensors): the tests run as root, which ignores permissions, and
     a real full disk is the tmpfs test below."""
     out = tmp_path / "run"
     # files written: step 0 (weights only: no optimiser state yet), then 2 per checkpoint
     # (steps 1, 2, 4, 8, latest at 12): the 12th file, step 16's weights, fails
-    monkeypatch.setattr(checkpoints, "save_file", failing_after(11, fault, checkpoints.save_file))
+    monkeypatch.setattr(
+        checkpoints, "write_safetensors", failing_after(11, fault, checkpoints.write_safetensors)
+    )
     rc, err = train_via_cli(out)
     assert rc == 2, err
     line = err.strip().splitlines()[-1]
@@ -333,7 +335,7 @@ def test_a_failed_overwrite_keeps_the_previous_resume_checkpoint(tmp_path, monke
     assert verified_checkpoints(out)["latest"] == 20
     monkeypatch.setattr(
         checkpoints,
-        "save_file",
+        "write_safetensors",
         failing_after(0, OSError(errno.ENOSPC, "No space left on device"), None),
     )
     rc, err = train_via_cli(out, "--resume")
