@@ -151,36 +151,54 @@ def plot_in_context(rows: list[dict]):
     return fig
 
 
-def plot_timeline(rows: list[dict]):
-    """timeline.png (module doc)."""
+def _step_pairs(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(plateau exit step, row[key]) of the rows where both are positive numbers."""
+    return [
+        (r["plateau_exit_step"], r[key])
+        for r in rows
+        if isinstance(r.get("plateau_exit_step"), (int, float))
+        and isinstance(r.get(key), (int, float))
+        and r["plateau_exit_step"] > 0
+        and r[key] > 0
+    ]
+
+
+def _steps_panel(series: list[tuple[list, dict]], xlabel: str, ylabel: str, title: str):
+    """A log-log panel of step pairs against the diagonal: ``series`` = (points, scatter
+    keyword arguments) per group; the figure."""
     fig, axes = _figure(1, 1, 5.0, 4.2)
     ax = axes[0][0]
     top = 1
-    for carrier in CARRIER_ORDER:
-        pts = [
-            (r["plateau_exit_step"], r["mechanism_step"])
-            for r in rows
-            if r.get("carrier") == carrier
-            and isinstance(r.get("plateau_exit_step"), (int, float))
-            and isinstance(r.get("mechanism_step"), (int, float))
-            and r["plateau_exit_step"] > 0
-            and r["mechanism_step"] > 0
-        ]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            top = max(top, *xs, *ys)
-            ax.scatter(
-                xs, ys, s=14, color=COLOURS[carrier], alpha=0.7, label=CARRIER_NAMES[carrier]
-            )
+    for pts, style in series:
+        xs, ys = zip(*pts, strict=True) if pts else ((), ())
+        top = max([top, *xs, *ys])
+        ax.scatter(xs, ys, alpha=0.7, **style)
     ax.plot([1, top], [1, top], "k:", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("plateau exit step", fontsize=8)
-    ax.set_ylabel("step the final mechanism is in place", fontsize=8)
-    ax.set_title("when the mechanism appears (runs that left the plateau)", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     return fig
+
+
+def plot_timeline(rows: list[dict]):
+    """timeline.png (module doc)."""
+    series = []
+    for carrier in CARRIER_ORDER:
+        pts = _step_pairs([r for r in rows if r.get("carrier") == carrier], "mechanism_step")
+        if pts:
+            series.append(
+                (pts, {"s": 14, "color": COLOURS[carrier], "label": CARRIER_NAMES[carrier]})
+            )
+    return _steps_panel(
+        series,
+        "plateau exit step",
+        "step the final mechanism is in place",
+        "when the mechanism appears (runs that left the plateau)",
+    )
 
 
 def in_context_rows(rows: list[dict]) -> list[dict]:
@@ -256,46 +274,23 @@ def plot_stages(rows: list[dict]):
 def plot_head_steps(rows: list[dict]):
     """head_steps.png (module doc)."""
     rows = in_context_rows(rows)
-    fig, axes = _figure(1, 1, 5.0, 4.2)
-    ax = axes[0][0]
     depths = _sorted({str(r.get("layers")) for r in rows})
-    top = 1
+    series = []
     for key, marker, word in (
         ("previous_token_step", "o", "previous-token head"),
         ("induction_step", "^", "induction head"),
     ):
         for i, d in enumerate(depths):
             sel = [r for r in rows if str(r.get("layers")) == d]
-            pts = [
-                (r["plateau_exit_step"], r[key])
-                for r in sel
-                if isinstance(r.get("plateau_exit_step"), (int, float))
-                and isinstance(r.get(key), (int, float))
-                and r["plateau_exit_step"] > 0
-                and r[key] > 0
-            ]
-            if not sel:
-                continue
-            xs, ys = zip(*pts, strict=True) if pts else ((), ())
-            top = max([top, *xs, *ys])
-            ax.scatter(
-                xs,
-                ys,
-                s=16,
-                color=f"C{i}",
-                marker=marker,
-                alpha=0.7,
-                label=f"{word}, {d} layer(s): {len(pts)} of {len(sel)} runs",
-            )
-    ax.plot([1, top], [1, top], "k:", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("step the loss leaves the in-context unigram stage", fontsize=8)
-    ax.set_ylabel("step the head forms (excess >= 0.2 from then on)", fontsize=8)
-    ax.set_title("heads form when the loss leaves the unigram stage?", fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
-    return fig
+            pts = _step_pairs(sel, key)
+            label = f"{word}, {d} layer(s): {len(pts)} of {len(sel)} runs"
+            series.append((pts, {"s": 16, "color": f"C{i}", "marker": marker, "label": label}))
+    return _steps_panel(
+        series,
+        "step the loss leaves the in-context unigram stage",
+        "step the head forms (excess >= 0.2 from then on)",
+        "heads form when the loss leaves the unigram stage?",
+    )
 
 
 def write_figures(out: Path, rows: list[dict], cells: list[dict]) -> dict[str, Path]:

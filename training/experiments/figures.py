@@ -182,6 +182,36 @@ def errorbar_means(
     )
 
 
+def depth_figure(fin: list[dict], title: str, references: Callable, log_x: bool = False):
+    """The depth figure of a reproduction: left, the final eval loss per depth (mean ± std
+    over the finished runs `fin`); right, every run's eval loss against the step, coloured by
+    depth; `references(ax)` draws the reference lines on both. Returns (fig, layers)."""
+    layers = sorted({r["layers"] for r in fin})
+    fig, (left, right) = figure_row(2)
+    errorbar_means(
+        left,
+        layers,
+        [[r["final_eval_loss"] for r in fin if r["layers"] == L] for L in layers],
+        marker="o",
+        label="final eval loss (mean ± std over seeds)",
+    )
+    if log_x:
+        left.set_xscale("log", base=2)
+    left.set_xticks(layers, [str(L) for L in layers])
+    plot_loss_curves(
+        right,
+        [r for L in layers for r in fin if r["layers"] == L],
+        lambda r: r["layers"],
+        lambda L: (f"C{layers.index(L)}", f"L={L}"),
+    )
+    if fin:
+        references(left)
+        references(right)
+    label_axes(left, "layers", FINAL_LOSS, title, legend_size=7)
+    label_axes(right, "step", EVAL_LOSS, legend_size=7)
+    return fig, layers
+
+
 def pq_heatmap(fig, ax, grid: list[float], mat, vmax: float | None, title: str) -> None:
     """A heatmap of mat[i, j], the value at (p, q) = (grid[j], grid[i]) (NaN: no runs), each
     cell annotated (2 significant digits when vmax is given, else whole numbers), the line

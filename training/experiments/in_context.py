@@ -34,7 +34,7 @@ from typing import Any
 from training.experiments.claims import Claim, check_claims
 from training.experiments.figures import (
     EVAL_LOSS,
-    FINAL_LOSS,
+    depth_figure,
     errorbar_means,
     figure_row,
     label_axes,
@@ -146,21 +146,8 @@ def _stages(rows: list[dict], out: Path) -> tuple[dict, list]:
 def _depth(rows: list[dict], out: Path) -> tuple[dict, list]:
     fin = finished_runs(rows)
     layers = sorted({r["layers"] for r in rows})
-    fig, (left, right) = figure_row(2)
-    errorbar_means(
-        left,
-        layers,
-        [[r["final_eval_loss"] for r in fin if r["layers"] == L] for L in layers],
-        marker="o",
-        label="final eval loss (mean ± std over seeds)",
-    )
-    if fin:
-        in_context_reference_lines(left, fin[0])
-    left.set_xticks(layers, [str(L) for L in layers])
     title = "depth: one binary kernel per minibatch"
-    label_axes(left, "layers", FINAL_LOSS, title, legend_size=7)
-    plot_loss_curves(right, fin, lambda r: r["layers"], lambda L: (f"C{layers.index(L)}", f"L={L}"))
-    label_axes(right, "step", EVAL_LOSS, legend_size=7)
+    fig, _ = depth_figure(fin, title, lambda ax: in_context_reference_lines(ax, fin[0]))
     figures = {"depth": save_figure(fig, out / "depth.png")}
     claims = [
         Claim(

@@ -20,6 +20,7 @@ from training.experiments.claims import Claim, check_claims
 from training.experiments.figures import (
     EVAL_LOSS,
     FINAL_LOSS,
+    depth_figure,
     errorbar_means,
     figure_row,
     label_axes,
@@ -168,28 +169,11 @@ def depth_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
     table = cell_table(rows, keys)
     fin = finished_runs(rows)
     layers = sorted({r["layers"] for r in rows})
-    fig, (left, right) = figure_row(2)
-    errorbar_means(
-        left,
-        layers,
-        [[r["final_eval_loss"] for r in fin if r["layers"] == L] for L in layers],
-        marker="o",
-        label="final eval loss (mean ± std over seeds)",
-    )
-    if fin:
-        reference_lines(left, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
-    left.set_xscale("log", base=2)
-    left.set_xticks(layers, [str(L) for L in layers])
-    label_axes(left, "layers", FINAL_LOSS, "depth: p=0.5, q=0.8, tied, d=8", legend_size=8)
-    plot_loss_curves(
-        right,
-        [r for L in layers for r in fin if r["layers"] == L],
-        lambda r: r["layers"],
-        lambda L: (f"C{layers.index(L)}", f"L={L}"),
-    )
-    if fin:
-        reference_lines(right, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
-    label_axes(right, "step", EVAL_LOSS, legend_size=8)
+
+    def references(ax):
+        reference_lines(ax, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
+
+    fig, _ = depth_figure(fin, "depth: p=0.5, q=0.8, tied, d=8", references, log_x=True)
     figures = {"final_loss": save_figure(fig, out / "final_loss_vs_depth.png")}
     claims = [
         Claim(f"L={L}: reaches the entropy rate", lambda r, L=L: r["layers"] == L, ("bigram",))

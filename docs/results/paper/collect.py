@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from training.experiments.presets import EVAL_SEED
+from training.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNS = ROOT / "runs" / "paper"
@@ -27,16 +28,6 @@ STEPS = {
     "phase": ("phase-diagram", "phase-diagram", ["summary.md", "summary.csv", "*.png"]),
     "second_order": ("second-order", "second-order", ["summary.md", "summary.csv", "*.png"]),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -63,7 +54,7 @@ def main() -> None:
             f"exit {took.group(1)} after {took.group(2)} s wall, load average {took.group(3)} "
             "(two worker processes of one torch thread each; other work shared the machine "
             "at times, so wall times are upper bounds)\n"
-            f"- machine: 2-core {cpu_name()}, {platform.system()} {platform.machine()}, "
+            f"- machine: 2-core {cpu_model()}, {platform.system()} {platform.machine()}, "
             f"torch {torch.__version__}, CPU only (no GPU was lent)\n"
             f"- evaluation: every run of every cell on the same held-out batches (eval_seed "
             f"{EVAL_SEED}, training.experiments.presets.EVAL_SEED), so seeds and cells compare "
