@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from interp.atlas.grid import PRESETS
 from markov_lens.cli import UserError, add_command
 from markov_lens.cli.validation import add_allow_large, check_output_path, nonempty
 
@@ -32,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec file (or use --preset)")
     p.add_argument(
         "--preset",
-        choices=PRESETS,
+        metavar="NAME",
         help="a built-in grid (paper: paper settings, 1200 runs; session: shortened to fit "
         "a 3-hour session on 2 cores; quick: minutes; test: seconds; in-context, "
         "in-context-paper, in-context-test: chains with a kernel per sequence, 640 runs at "
@@ -64,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.atlas.grid import preset_spec
+    from interp.atlas.grid import PRESETS, preset_spec
     from interp.atlas.measure import AtlasConfig
     from interp.atlas.runner import run_atlas
     from markov_lens.cli.sweep import check_tasks, failed_runs
@@ -73,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.spec is None) == (args.preset is None):
         raise UserError(f"give either a SPEC file or --preset NAME ({', '.join(PRESETS)})")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UserError(f"--preset: unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {args.seeds}")
     if args.workers is not None and args.workers < 1:

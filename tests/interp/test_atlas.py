@@ -421,9 +421,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "give either a SPEC file or --preset" in err
     assert main(["atlas", "--preset", "test", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "--seeds must be a positive integer, got 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["atlas", "--preset", "huge", "--out", str(tmp_path)])
-    assert exc.value.code == 2
+    assert main(["atlas", "--preset", "huge", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'huge'; allowed: paper" in capsys.readouterr().err
     assert main(["atlas", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "b")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
