@@ -89,7 +89,7 @@ CLAIMS = (
         "in-context chains (a kernel per sequence), 1 layer, full attention: no induction "
         "mechanism (never labelled in-context (induction))",
         lambda r: _is(r, chain=IN_CONTEXT_ORDER1, layers=1, window="full"),
-        lambda r: not _true(r.get("induction")),
+        lambda r: not is_true(r.get("induction")),
     ),
     AtlasClaim(
         "in-context chains, 1 layer, full attention: does not reach the add-alpha (Bayes) loss",
@@ -100,7 +100,7 @@ CLAIMS = (
         "in-context chains, 2 or more layers, full attention: an induction mechanism "
         "(labelled in-context (induction))",
         lambda r: _is(r, chain=IN_CONTEXT_ORDER1, window="full") and int(r["layers"]) >= 2,
-        lambda r: _true(r.get("induction")),
+        lambda r: is_true(r.get("induction")),
     ),
     AtlasClaim(
         "in-context chains, 2 or more layers, full attention: reach the add-alpha (Bayes) loss",
@@ -116,7 +116,8 @@ CLAIMS = (
 )
 
 
-def _true(value: Any) -> bool:
+def is_true(value: Any) -> bool:
+    """A boolean column's value: True, or "True" as a CSV holds it."""
     return value is True or str(value) == "True"
 
 

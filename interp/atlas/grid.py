@@ -195,11 +195,9 @@ def preset_spec(preset: str, seeds: int | None = None) -> list[dict[str, Any]]:
     """The sweep spec (a list of grids, one per chain) of an atlas preset (module doc)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown atlas preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    if preset in IN_CONTEXT_PRESETS:
-        return in_context_spec(
-            preset, 1 if preset == "in-context-test" and seeds is None else (seeds or 5)
-        )
     seeds = DEFAULT_SEEDS[preset] if seeds is None else seeds
+    if preset in IN_CONTEXT_PRESETS:
+        return in_context_spec(preset, seeds)
     table = chains()
     specs = []
     for name in CHAINS_OF[preset]:

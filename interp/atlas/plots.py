@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from interp.atlas.tables import AXES, CARRIER_NAMES, CARRIER_ORDER
+from interp.atlas.tables import AXES, CARRIER_NAMES, CARRIER_ORDER, in_context_rows
 from training.runs import SUMMARY, read_json, read_metrics, savefig_atomic
 
 COLOURS = {
@@ -199,11 +199,6 @@ def plot_timeline(rows: list[dict]):
         "step the final mechanism is in place",
         "when the mechanism appears (runs that left the plateau)",
     )
-
-
-def in_context_rows(rows: list[dict]) -> list[dict]:
-    """The rows whose training chain is in-context (atlas chain names in-context-s*-k*)."""
-    return [r for r in rows if str(r.get("chain", "")).startswith("in-context")]
 
 
 def _references(row: dict) -> dict[str, float]:

@@ -152,24 +152,23 @@ def collect_atlas(
     an atlas another process is still running, or one a session had to leave unfinished."""
     from interp.atlas.plots import write_figures
     from interp.atlas.tables import cell_rows, write_tables
-    from training.runs import SUMMARY
+    from training.runs import SUMMARY, read_json
     from training.sweeps import expand
     from training.sweeps.tasks import result_row
 
+    tasks = expand(spec, out_dir)
     rows = []
-    for task in expand(spec, out_dir):
+    for task in tasks:
         run_dir = Path(task.run_dir)
         if (run_dir / ATLAS_JSON).is_file() and (run_dir / SUMMARY).is_file():
-            summary = json.loads((run_dir / SUMMARY).read_text())
-            record = json.loads((run_dir / ATLAS_JSON).read_text())
+            summary, record = read_json(run_dir / SUMMARY), read_json(run_dir / ATLAS_JSON)
             rows.append(_with_chain(task, result_row(task, summary)) | flatten(record))
     if not rows:
         raise FileNotFoundError(f"{out_dir} holds no measured run of this spec (no {ATLAS_JSON})")
     rows = atlas_rows(rows)
     cells = cell_rows(rows)
     Path(tables_dir).mkdir(parents=True, exist_ok=True)
-    n_tasks = len(expand(spec, out_dir))
-    note = f"Collected: {len(rows)} of the spec's {n_tasks} runs were measured."
+    note = f"Collected: {len(rows)} of the spec's {len(tasks)} runs were measured."
     files = write_tables(Path(tables_dir), rows, cells, settings=f"{settings}\n\n{note}".strip())
     files |= write_figures(Path(tables_dir), rows, cells)
     return files

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from interp.atlas.claims import check_claims
+from interp.atlas.claims import check_claims, is_true
 from interp.atlas.labels import INDUCTION_THRESHOLDS, THRESHOLDS
 from training.machine import cpu_model, vector_isa
 from training.runs import write_text_atomic
@@ -46,6 +46,16 @@ N_BOOT = 2000
 STEPS = ("plateau_exit_step", "previous_token_step", "induction_step")
 
 
+def is_in_context(row: dict) -> bool:
+    """Is the row's training chain in-context (atlas chain names in-context-s*-k*)?"""
+    return str(row.get("chain", "")).startswith("in-context")
+
+
+def in_context_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose training chain is in-context."""
+    return [r for r in rows if is_in_context(r)]
+
+
 def _measured(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("carrier") in CARRIER_ORDER]
 
@@ -65,7 +75,7 @@ def summarise(group: list[dict]) -> dict[str, Any]:
             hi,
         )
     for flag in ("reached", "in_context", "induction"):
-        k = sum(r.get(flag) is True or str(r.get(flag)) == "True" for r in measured)
+        k = sum(is_true(r.get(flag)) for r in measured)
         lo, hi = wilson_interval(k, n)
         out[f"n_{flag}"], out[f"frac_{flag}"] = k, k / n if n else math.nan
         out[f"frac_{flag}_lo"], out[f"frac_{flag}_hi"] = lo, hi
@@ -138,7 +148,7 @@ def _display(rows: list[dict], lead: tuple[str, ...]) -> list[dict[str, str]]:
         for c in CARRIER_ORDER:
             line[CARRIER_NAMES[c]] = _frac(r, c)
         line["in-context"] = _frac(r, "in_context")
-        if str(r.get("chain", "")).startswith("in-context"):
+        if is_in_context(r):
             line["in-context (induction)"] = _frac(r, "induction")
         line["excess KL (nats)"] = _mean(r, "final_kl", 4)
         line["in-context index"] = _mean(r, "in_context_index", 2)
@@ -200,11 +210,7 @@ def in_context_section(rows: list[dict]) -> list[str]:
     """atlas.md's section on in-context chains: per chain, depth, tying and MLP at full
     attention, the induction label, the add-alpha loss reached, and the medians of the step
     the loss leaves the unigram stage and of the steps the heads form."""
-    ic = [
-        r
-        for r in rows
-        if str(r.get("chain", "")).startswith("in-context") and str(r.get("window")) == "full"
-    ]
+    ic = [r for r in in_context_rows(rows) if str(r.get("window")) == "full"]
     if not ic:
         return []
     table = []

@@ -185,7 +185,7 @@ def errorbar_means(
 def depth_figure(fin: list[dict], title: str, references: Callable, log_x: bool = False):
     """The depth figure of a reproduction: left, the final eval loss per depth (mean ± std
     over the finished runs `fin`); right, every run's eval loss against the step, coloured by
-    depth; `references(ax)` draws the reference lines on both. Returns (fig, layers)."""
+    depth; `references(ax)` draws the reference lines on both."""
     layers = sorted({r["layers"] for r in fin})
     fig, (left, right) = figure_row(2)
     errorbar_means(
@@ -209,7 +209,7 @@ def depth_figure(fin: list[dict], title: str, references: Callable, log_x: bool 
         references(right)
     label_axes(left, "layers", FINAL_LOSS, title, legend_size=7)
     label_axes(right, "step", EVAL_LOSS, legend_size=7)
-    return fig, layers
+    return fig
 
 
 def pq_heatmap(fig, ax, grid: list[float], mat, vmax: float | None, title: str) -> None:

@@ -147,7 +147,7 @@ def _depth(rows: list[dict], out: Path) -> tuple[dict, list]:
     fin = finished_runs(rows)
     layers = sorted({r["layers"] for r in rows})
     title = "depth: one binary kernel per minibatch"
-    fig, _ = depth_figure(fin, title, lambda ax: in_context_reference_lines(ax, fin[0]))
+    fig = depth_figure(fin, title, lambda ax: in_context_reference_lines(ax, fin[0]))
     figures = {"depth": save_figure(fig, out / "depth.png")}
     claims = [
         Claim(

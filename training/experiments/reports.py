@@ -173,7 +173,7 @@ def depth_report(rows: list[dict], out: Path) -> tuple[list, list, dict]:
     def references(ax):
         reference_lines(ax, fin[0]["entropy_rate"], fin[0]["unigram_loss"], runs=fin)
 
-    fig, _ = depth_figure(fin, "depth: p=0.5, q=0.8, tied, d=8", references, log_x=True)
+    fig = depth_figure(fin, "depth: p=0.5, q=0.8, tied, d=8", references, log_x=True)
     figures = {"final_loss": save_figure(fig, out / "final_loss_vs_depth.png")}
     claims = [
         Claim(f"L={L}: reaches the entropy rate", lambda r, L=L: r["layers"] == L, ("bigram",))
