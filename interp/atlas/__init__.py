@@ -6,6 +6,7 @@ tying x MLP, with seed statistics.
 - measure: per-run measurements (flip patching by lag, ablation, transfer, heads, probes);
 - labels: the per-run label and its thresholds;
 - runner: train + measure through the sweep backends, resumable (``run_atlas``);
+- records: measured runs without their weights, so the next session carries an atlas on;
 - tables / plots: atlas.csv, cells.csv, atlas.md and the figures.
 
 ``markov-lens atlas --preset quick --out DIR`` runs one; ``load_atlas(DIR)`` reads its rows.

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,19 @@ def collect_atlas(
     spec: Any, out_dir: str | os.PathLike, tables_dir: str | os.PathLike, settings: str = ""
 ) -> dict[str, Path]:
     """The tables and figures of the runs of ``spec`` in ``out_dir`` measured so far (those
-    with atlas.json), written into ``tables_dir``; trains and measures nothing, so it can read
-    an atlas another process is still running, or one a session had to leave unfinished."""
+    with atlas.json), written into ``tables_dir`` with their records (interp.atlas.records);
+    trains and measures nothing, so it can read an atlas another process is still running, or
+    one a session had to leave unfinished. Runs recorded in ``tables_dir`` that ``out_dir``
+    lacks are restored into it first, so collecting never drops a run the tables held."""
     from interp.atlas.plots import write_figures
+    from interp.atlas.records import restore_records, write_records
     from interp.atlas.tables import cell_rows, write_tables
     from training.runs import SUMMARY, read_json
     from training.sweeps import expand
     from training.sweeps.tasks import result_row
 
     tasks = expand(spec, out_dir)
+    restore_records(tasks, tables_dir)
     rows = []
     for task in tasks:
         run_dir = Path(task.run_dir)
@@ -171,6 +176,7 @@ def collect_atlas(
     note = f"Collected: {len(rows)} of the spec's {len(tasks)} runs were measured."
     files = write_tables(Path(tables_dir), rows, cells, settings=f"{settings}\n\n{note}".strip())
     files |= write_figures(Path(tables_dir), rows, cells)
+    write_records(tasks, tables_dir)
     return files
 
 
@@ -263,15 +269,28 @@ def run_atlas(
     force: bool = False,
     progress: bool = True,
     settings: str = "",
+    restore: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Train and measure every run of ``spec`` into ``out_dir`` (resumable), then write
-    atlas.csv, cells.csv, atlas.md and the figures. Returns the written files by name."""
+    atlas.csv, cells.csv, atlas.md and the figures. Returns the written files by name.
+    ``restore``: a tables directory of ``collect_atlas`` whose recorded runs (measured with
+    the same config) are restored into ``out_dir`` first instead of trained again."""
     from interp.atlas.plots import write_figures
+    from interp.atlas.records import restore_records
     from interp.atlas.tables import cell_rows, write_tables
-    from training.sweeps import run_sweep
+    from training.sweeps import expand, run_sweep
 
     config = config or AtlasConfig()
     t0 = time.perf_counter()
+    if restore is not None:
+        counts = restore_records(expand(spec, out_dir), restore, config.to_dict())
+        if progress:
+            print(
+                f"restored {counts['restored']} measured run(s) from {restore} "
+                f"({counts['present']} already here, {counts['mismatched']} measured otherwise)",
+                file=sys.stderr,
+                flush=True,
+            )
     fn = functools.partial(atlas_task, config=config.to_dict())
     result = run_sweep(
         spec,

@@ -50,6 +50,14 @@ def register(subparsers) -> None:
         help="train and measure nothing: write the tables and figures of the runs in --out "
         "measured so far into DIR (an atlas still running, or left unfinished)",
     )
+    p.add_argument(
+        "--restore",
+        metavar="DIR",
+        type=nonempty,
+        help="before running, restore the runs recorded in DIR (the tables of an earlier "
+        "--collect, e.g. docs/results/atlas-in-context) into --out instead of training them "
+        "again: their measurements, not their checkpoints",
+    )
     p.add_argument("--n-seqs", type=int, default=128, help="sequences per measurement (128)")
     p.add_argument("--no-probes", action="store_true", help="skip the probes")
     p.add_argument("--no-timeline", action="store_true", help="skip the checkpoint timeline")
@@ -109,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--collect: {args.out} is not a directory (nothing to collect)")
         try:
             files = collect_atlas(spec, args.out, args.collect, settings)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             raise UserError(str(err)) from err
         for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid"):
             print(files[name])
@@ -117,6 +125,17 @@ def run(args: argparse.Namespace) -> int:
     config = AtlasConfig(
         n_seqs=args.n_seqs, probes=not args.no_probes, timeline=not args.no_timeline
     )
+    if args.restore is not None:
+        from interp.atlas.records import RECORDS, read_records
+
+        try:
+            if not read_records(args.restore):
+                raise UserError(
+                    f"--restore: {args.restore} holds no atlas records ({RECORDS}/*.jsonl.gz, "
+                    "written by `atlas --collect`)"
+                )
+        except ValueError as err:
+            raise UserError(f"--restore: {err}") from None
     # every run as `train` would check it, and its measurement
     check_tasks(expand(spec, args.out), config.n_seqs, config.max_len)
     files = run_atlas(
@@ -127,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         force=args.force,
         settings=settings,
+        restore=args.restore,
     )
     for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid"):
         print(files[name])

@@ -20,6 +20,7 @@ from interp.atlas.measure import (
     measure_model,
     transfer_chains,
 )
+from interp.atlas.records import RECORDS, RESTORED, read_records, restore_records, write_records
 from interp.atlas.runner import (
     collect_atlas,
     first_step_from,
@@ -366,6 +367,49 @@ def test_in_context_atlas_end_to_end(tmp_path):
     assert rc == 2 and "already holds atlas.md; add --force" in err
     rc, _, err = run_cli([*argv, "--collect", str(tmp_path / "partial"), "--force"])
     assert rc == 0, err
+    check_records_carry_the_atlas_on(spec, out, tmp_path, run_cli)
+
+
+def check_records_carry_the_atlas_on(spec, out, tmp_path, run_cli):
+    """An atlas restored from a --collect's records on another machine trains nothing and
+    gives the same tables; a run here is never overwritten; a record measured otherwise is
+    not restored."""
+    collected = tmp_path / "collected"
+    records = sorted((collected / RECORDS).glob("*.jsonl.gz"))
+    assert (
+        len(records) == len({t.cell for t in expand(spec, out)})
+        and len(read_records(collected)) == 8
+    )
+    config = AtlasConfig(n_seqs=32, probes=False)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    assert restore_records(expand(spec, out), collected, config.to_dict())["present"] == 8
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == before
+    elsewhere = tmp_path / "elsewhere"
+    other = AtlasConfig(n_seqs=16, probes=False).to_dict()
+    assert restore_records(expand(spec, elsewhere), collected, other) == {
+        "restored": 0,
+        "present": 0,
+        "mismatched": 8,
+    }
+    assert not elsewhere.exists()
+    with one_thread():
+        run_atlas(spec, elsewhere, config, workers=1, progress=False, restore=collected)
+    assert not list(elsewhere.rglob("checkpoints"))  # nothing was trained
+    assert len(list(elsewhere.rglob(RESTORED))) == 8
+    table = (collected / "atlas.csv").read_text().replace(str(out), str(elsewhere))
+    assert (elsewhere / "atlas.csv").read_text() == table
+    assert (elsewhere / "stages.png").stat().st_size > 0
+    again = tmp_path / "again"  # the restored runs' records are the same bytes
+    write_records(expand(spec, elsewhere), again)
+    assert [p.read_bytes() for p in sorted((again / RECORDS).glob("*"))] == [
+        p.read_bytes() for p in records
+    ]
+    argv = ["atlas", "--preset", "in-context-test", "--out", str(tmp_path / "x")]
+    rc, _, err = run_cli([*argv, "--restore", str(tmp_path / "partial" / "none")])
+    assert rc == 2 and "holds no atlas records" in err
+    records[0].write_bytes(b"not gzip")
+    rc, _, err = run_cli([*argv, "--restore", str(collected)])
+    assert rc == 2 and "is not an atlas record file" in err and "Traceback" not in err
 
 
 def test_presets_and_bad_preset():
