@@ -55,16 +55,22 @@ parameter layout they use are in ``interp.hessian``.
 - ``theta_pi``: theta_pi_of, theta_pi_model, hessian_proxy, paper_prediction, agreement and
   theta_pi_analysis;
 - ``escape``: init_escape_study, how often training leaves the unigram basin per init;
-  precision_escape (with training_gradient_norm), the escape in fp32 vs fp16 from one init;
+  precision_escape (with training_gradient_norm and gradient_fidelity: how much of the
+  float32 gradient an arithmetic keeps), the escape in fp32 vs fp16 from one init;
 - ``grid``: theta_pi_grid over binary chains and architectures, grid_table_markdown;
-- ``plots``: plot_spectrum, plot_grid (and symlog_ticks).
+- ``plots``: plot_spectrum, plot_grid, plot_precision_escape (and symlog_ticks).
 
 Every public name is re-exported here.
 """
 
-from interp.landscape.escape import init_escape_study, precision_escape, training_gradient_norm
+from interp.landscape.escape import (
+    gradient_fidelity,
+    init_escape_study,
+    precision_escape,
+    training_gradient_norm,
+)
 from interp.landscape.grid import grid_table_markdown, theta_pi_grid
-from interp.landscape.plots import plot_grid, plot_spectrum, symlog_ticks
+from interp.landscape.plots import plot_grid, plot_precision_escape, plot_spectrum, symlog_ticks
 from interp.landscape.sample import (
     DTYPES,
     METHODS,
@@ -106,9 +112,11 @@ __all__ = [
     "init_escape_study",
     "precision_escape",
     "training_gradient_norm",
+    "gradient_fidelity",
     "paper_prediction",
     "per_sequence_loss",
     "plot_grid",
+    "plot_precision_escape",
     "plot_spectrum",
     "population_gradient",
     "population_loss",

@@ -152,3 +152,45 @@ def plot_grid(rows: list[dict[str, Any]], path=None):
     if path is not None:
         savefig_atomic(fig, path, dpi=120)
     return fig
+
+
+def plot_precision_escape(result: dict[str, Any], path=None):
+    """A precision_escape result over training steps, one line per arithmetic: the eval loss
+    (nats), the training gradient's norm, and 1 - cosine between each arithmetic's gradient
+    and the float32 gradient at the same weights (log scale; dashed: fp16 with a GradScaler's
+    loss scale 2^16), with each run's plateau exit step marked."""
+    from matplotlib.figure import Figure
+
+    curves = result["precisions"]
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    loss_ax, norm_ax, cos_ax = fig.subplots(1, 3)
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i}"
+        loss_ax.plot(c["eval_steps"], c["eval_loss"], color=color, lw=1, label=name)
+        norm_ax.plot(c["steps"], c["grad_norm"], color=color, lw=1, label=name)
+        if name != result["reference"]:
+            off = [max(1.0 - x, 1e-12) for x in c["cosine"]]
+            cos_ax.plot(c["steps"], off, color=color, lw=1, label=f"{name}, no loss scale")
+            scaled = [x for x in c.get("scaled_cosine") or [] if x is not None]
+            if len(scaled) == len(c["steps"]):
+                off = [max(1.0 - x, 1e-12) for x in scaled]
+                cos_ax.plot(c["steps"], off, color=color, ls="--", lw=1, label=f"{name} x 2^16")
+        exit_step = c.get("plateau_exit_step")
+        for ax in (loss_ax, norm_ax, cos_ax):
+            if exit_step is not None:
+                ax.axvline(exit_step, color=color, ls=":", lw=0.8)
+    loss_ax.set(xlabel="step", ylabel="eval loss (nats)", title="eval loss")
+    norm_ax.set(xlabel="step", ylabel="||grad||", yscale="log", title="training gradient norm")
+    cos_ax.set(
+        xlabel="step",
+        ylabel="1 - cos(grad, float32 grad)",
+        yscale="log",
+        title=f"gradient lost to the arithmetic (vs {result['reference']}, same weights)",
+    )
+    for ax in (loss_ax, norm_ax, cos_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"seed {result['seed']}: dotted lines = plateau exit step of each run", fontsize=9)
+    if path is not None:
+        savefig_atomic(fig, path, dpi=120)
+    return fig

@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interp.landscape import precision_escape, training_gradient_norm
+from interp.landscape import gradient_fidelity, precision_escape, training_gradient_norm
+from interp.landscape.escape import FP16_SMALLEST_NORMAL
+from interp.landscape.plots import plot_precision_escape
+from tests.figures import assert_drawn
 from training.chains import BinaryChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
@@ -54,10 +57,46 @@ def test_precision_escape_same_init_two_arithmetics(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert fp16["grad_norm"][0] == pytest.approx(fp32["grad_norm"][0], rel=0.1)
     assert fp16["grad_norm"] != fp32["grad_norm"]
+    assert fp32["cosine"] == pytest.approx([1.0] * 12) and fp32["scaled_cosine"] == [None] * 12
+    assert all(0.5 < c < 1 for c in fp16["cosine"]) and len(fp16["scaled_cosine"]) == 12
     assert fp32["eval_loss"][0] == pytest.approx(fp16["eval_loss"][0], abs=1e-2)
     # at step 0 only the evaluation's own fp16 rounding separates them; tolerance below it
     assert 0 < out["start_difference"]["fp16"] < 1e-2
     assert out["departs_step"]["fp16"] == 0
     assert set(out["departs_step"]) == {"fp16"} and out["reference"] == "fp32"
+    fig = plot_precision_escape(out, tmp_path / "escape.png")
+    assert_drawn(tmp_path / "escape.png")
+    loss_ax, norm_ax, cos_ax = fig.axes
+    assert [line.get_label() for line in cos_ax.get_lines()][:2] == [
+        "fp16, no loss scale",
+        "fp16 x 2^16",
+    ]
+    assert list(norm_ax.get_lines()[1].get_ydata()) == fp16["grad_norm"]
     with pytest.raises(FileExistsError):  # a finished run is never overwritten
         precision_escape(CHAIN, MC, tiny(), seed=0, out_dir=tmp_path)
+
+
+def test_gradient_fidelity_against_a_by_hand_float32_gradient():
+    tc = tiny(batch=256, seq_len=64)  # T = 256 x 63 targets, as many as the paper's 16 x 1023
+    mc = ModelConfig.paper(n_ctx=64)
+    model = MarkovTransformer(mc, seed=derive_seed(1, STREAM_INIT), pi=stationary_marginal(CHAIN))
+    same = gradient_fidelity(model, CHAIN, tc, seed=1, step=3)
+    assert same["cosine"] == pytest.approx(1.0) and same["rel_error"] == 0.0
+    assert same["norm_ratio"] == 1.0 and "scaled_cosine" not in same
+    # oracle for the output gradient: softmax - onehot over T, by hand, in float64
+    tokens = member_batches([CHAIN], [1], 3, tc, torch.device("cpu"))[0]
+    with torch.no_grad():
+        logits = model(tokens).double()
+    d = logits.softmax(-1)[:, :-1]
+    d[..., 0] -= (tokens[:, 1:] == 0).double()
+    d[..., 1] -= (tokens[:, 1:] == 1).double()
+    d = d / d[..., 0].numel()
+    want = float((d.abs() < FP16_SMALLEST_NORMAL).double().mean())
+    assert 0.9 < same["output_subnormal"] == pytest.approx(want, abs=1e-6)
+    assert same["output_rounding"] > 1e-4  # float16 storage loses digits of these entries
+    half = gradient_fidelity(model, CHAIN, tiny(batch=256, seq_len=64, precision="fp16"), 1, 3)
+    assert 0.5 < half["cosine"] < 1.0 and half["rel_error"] > 1e-3
+    assert half["output_subnormal"] == same["output_subnormal"]  # a float32 property
+    # a GradScaler's scale lifts the output gradient out of float16's subnormal range
+    assert half["scaled_rel_error"] < half["rel_error"]
+    assert half["scaled_cosine"] > half["cosine"]
