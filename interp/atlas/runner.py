@@ -146,13 +146,18 @@ def _with_chain(task: Any, row: dict) -> dict:
 
 
 def collect_atlas(
-    spec: Any, out_dir: str | os.PathLike, tables_dir: str | os.PathLike, settings: str = ""
+    spec: Any,
+    out_dir: str | os.PathLike,
+    tables_dir: str | os.PathLike,
+    settings: str = "",
+    config: AtlasConfig | None = None,
 ) -> dict[str, Path]:
     """The tables and figures of the runs of ``spec`` in ``out_dir`` measured so far (those
     with atlas.json), written into ``tables_dir`` with their records (interp.atlas.records);
     trains and measures nothing, so it can read an atlas another process is still running, or
     one a session had to leave unfinished. Runs recorded in ``tables_dir`` that ``out_dir``
-    lacks are restored into it first, so collecting never drops a run the tables held."""
+    lacks are restored into it first (those measured with ``config``, default AtlasConfig()),
+    so collecting never drops a run the tables held."""
     from interp.atlas.plots import write_figures
     from interp.atlas.records import restore_records, write_records
     from interp.atlas.tables import cell_rows, write_tables
@@ -161,7 +166,7 @@ def collect_atlas(
     from training.sweeps.tasks import result_row
 
     tasks = expand(spec, out_dir)
-    restore_records(tasks, tables_dir)
+    restore_records(tasks, tables_dir, (config or AtlasConfig()).to_dict())
     rows = []
     for task in tasks:
         run_dir = Path(task.run_dir)

@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
             for s in spec if isinstance(spec, list) else [spec]:
                 s["seeds"] = args.seeds
         settings = f"Spec `{args.spec}`:\n\n```json\n{json.dumps(spec)[:4000]}\n```"
+    config = AtlasConfig(
+        n_seqs=args.n_seqs, probes=not args.no_probes, timeline=not args.no_timeline
+    )
     if args.collect is not None:
         from interp.atlas.runner import collect_atlas
 
@@ -116,15 +119,12 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.out).is_dir():
             raise UserError(f"--collect: {args.out} is not a directory (nothing to collect)")
         try:
-            files = collect_atlas(spec, args.out, args.collect, settings)
+            files = collect_atlas(spec, args.out, args.collect, settings, config)
         except (FileNotFoundError, ValueError) as err:
             raise UserError(str(err)) from err
         for name in ("atlas_md", "atlas_csv", "cells_csv", "atlas_grid"):
             print(files[name])
         return 0
-    config = AtlasConfig(
-        n_seqs=args.n_seqs, probes=not args.no_probes, timeline=not args.no_timeline
-    )
     if args.restore is not None:
         from interp.atlas.records import RECORDS, read_records
 

@@ -354,11 +354,12 @@ def test_in_context_atlas_end_to_end(tmp_path):
     assert "in-context chains, 2 or more layers" in md
     # --collect: the same tables from the measured runs alone, training nothing
     spec = preset_spec("in-context-test")
-    collected = collect_atlas(spec, out, tmp_path / "collected")
+    measured_with = AtlasConfig(n_seqs=32, probes=False)
+    collected = collect_atlas(spec, out, tmp_path / "collected", config=measured_with)
     assert (tmp_path / "collected" / "atlas.csv").read_text() == (out / "atlas.csv").read_text()
     assert "Collected: 8 of the spec's 8 runs" in collected["atlas_md"].read_text()
     (Path(rows[-1]["run_dir"]) / "atlas.json").unlink()  # an unmeasured run is left out
-    collect_atlas(spec, out, tmp_path / "partial")
+    collect_atlas(spec, out, tmp_path / "partial", config=measured_with)
     assert len(load_atlas(tmp_path / "partial")) == 7
     from tests.training.test_hostile_input import run_cli
 

@@ -295,3 +295,22 @@ def test_the_precision_table_counts_traps_with_wilson_intervals():
     assert seeds[0] == {"seed": 0, "fp32": "bigram @ 100", "fp16": "unigram @ -"}
     assert seeds[-1]["fp16"] == "diverged" and seeds[-1]["fp32"] == ""
     assert table.arithmetic_name({"precision": "fp16", "tf32": True}) == "fp16 + TF32"
+
+
+def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
+    table = _table_module()
+    for tie in (True, False):
+        out = tmp_path / ("tied" if tie else "untied")
+        options = {"chain": {"p": 0.5, "q": 0.8}, "model": {"tie": tie}, "train": {}}
+        run_dir = out / "runs" / "c" / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "finished", "verdict": "x"}))
+        task = {"cell": "c", "seed": 0, "options": options, "run_dir": str(run_dir)}
+        (out / "sweep.json").write_text(json.dumps({"tasks": [task]}))
+    one = table.read_sweeps([tmp_path / "tied"])
+    assert [r["arithmetic"] for r in one] == ["fp32"]
+    both = table.read_sweeps([tmp_path / "tied", tmp_path / "untied"])
+    assert [r["arithmetic"] for r in both] == [
+        "tied, p=0.5, q=0.8: fp32",
+        "untied, p=0.5, q=0.8: fp32",
+    ]

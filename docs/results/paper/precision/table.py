@@ -3,9 +3,9 @@
 Wilson 95% interval (training.stats), the plateau exit steps, and a seed-by-arithmetic table
 of verdicts (the seeds are paired: the same init and batches in every arithmetic).
 
-    .venv/bin/python docs/results/paper/precision/table.py SWEEP_DIR [--out DIR]
+    .venv/bin/python docs/results/paper/precision/table.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 
-Reads SWEEP_DIR/sweep.json (the runs) and each run's summary.json; writes DIR/table.md and
+Reads each SWEEP_DIR/sweep.json (the runs; one sweep per cell: spec.yaml tied, spec-untied.yaml) and each run's summary.json; writes DIR/table.md and
 DIR/table.csv (DIR defaults to this folder) and prints the markdown.
 """
 
@@ -33,9 +33,17 @@ def arithmetic_name(train: dict[str, Any]) -> str:
     return name
 
 
+def cell_name(options: dict[str, Any]) -> str:
+    """'tied, p=0.5, q=0.8' for a task's options."""
+    tie = options["model"].get("tie", True)
+    chain = options["chain"]
+    return f"{'tied' if tie else 'untied'}, p={chain.get('p')}, q={chain.get('q')}"
+
+
 def read_runs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One record per run of the sweep: arithmetic, seed, and its summary (None if the run
-    has none yet)."""
+    """One record per run of the sweep: its cell, arithmetic (the two as ``arithmetic`` when
+    the sweep holds more than one cell, e.g. 'untied, p=0.5, q=0.8: fp16'), seed, and its
+    summary (None if the run has none yet)."""
     record = json.loads((sweep_dir / "sweep.json").read_text())
     runs = []
     for task in record["tasks"]:
@@ -43,11 +51,22 @@ def read_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).exists() else None
         runs.append(
             {
+                "cell": cell_name(task["options"]),
                 "arithmetic": arithmetic_name(task["options"]["train"]),
                 "seed": task["seed"],
                 "summary": summary,
             }
         )
+    return runs
+
+
+def read_sweeps(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
+    """read_runs of each sweep; with more than one cell among them, each run's arithmetic
+    is named with its cell."""
+    runs = [r for d in sweep_dirs for r in read_runs(d)]
+    if len({r["cell"] for r in runs}) > 1:
+        for r in runs:
+            r["arithmetic"] = f"{r['cell']}: {r['arithmetic']}"
     return runs
 
 
@@ -115,14 +134,16 @@ def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    runs = read_runs(args.sweep_dir)
+    runs = read_sweeps(args.sweep_dirs)
     table = precision_table(runs)
+    cells = ", ".join(dict.fromkeys(f"({r['cell']})" for r in runs))
+    sources = ", ".join(str(d) for d in args.sweep_dirs)
     md = (
-        "# The unigram trap per arithmetic (tied, p=0.5, q=0.8, the paper's recipe)\n\n"
-        f"From {args.sweep_dir} (spec.yaml, run.sh). Trap: the run's verdict is `unigram` "
+        f"# The unigram trap per arithmetic {cells}, the paper's recipe\n\n"
+        f"From {sources} (spec*.yaml, run.sh). Trap: the run's verdict is `unigram` "
         "(training.verdicts); fractions over the finished runs, Wilson 95% intervals "
         "(training.stats). Exit step: plateau_exit_step, the first evaluation whose loss is "
         "below the midpoint of the unigram loss and the entropy rate ('-': never).\n\n"
