@@ -183,9 +183,9 @@ def plot_precision_escape(result: dict[str, Any], path=None):
     norm_ax.set(xlabel="step", ylabel="||grad||", yscale="log", title="training gradient norm")
     cos_ax.set(
         xlabel="step",
-        ylabel="1 - cos(grad, float32 grad)",
+        ylabel=f"1 - cos(grad, {result['reference']} grad at the same weights)",
         yscale="log",
-        title=f"gradient lost to the arithmetic (vs {result['reference']}, same weights)",
+        title="gradient lost to the arithmetic",
     )
     for ax in (loss_ax, norm_ax, cos_ax):
         if ax.get_legend_handles_labels()[0]:
