@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,6 @@ def restore_records(
     does not exist (a run here is never overwritten). ``measure_config``: restore only records
     measured with this AtlasConfig (its to_dict()). Returns counts: restored, present (the
     run directory exists), mismatched (same cell and seed, other options or measurement)."""
-    from training.runs import write_json_atomic, write_text_atomic
-
     records = read_records(tables_dir)
     counts = {"restored": 0, "present": 0, "mismatched": 0}
     for task in tasks:
@@ -126,19 +125,34 @@ def restore_records(
         ):
             counts["mismatched"] += 1
             continue
-        run_dir.mkdir(parents=True)
+        _restore_into(run_dir, record, Path(tables_dir) / RECORDS / f"{t['cell']}.jsonl.gz")
+        counts["restored"] += 1
+    return counts
+
+
+def _restore_into(run_dir: Path, record: dict[str, Any], source: Path) -> None:
+    """Write ``record``'s files into a hidden directory beside ``run_dir`` and rename it onto
+    ``run_dir``: a run directory is restored whole or not at all (never a summary.json
+    without its atlas.json, which the sweep would take for a run to measure)."""
+    from training.runs import write_json_atomic, write_text_atomic
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.restoring-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
         for name in FILES:
-            write_json_atomic(run_dir / name, record["files"][name])
-        write_text_atomic(
-            run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in record["metrics"])
-        )
+            write_json_atomic(tmp / name, record["files"][name])
+        write_text_atomic(tmp / METRICS, "".join(json.dumps(m) + "\n" for m in record["metrics"]))
         write_json_atomic(
-            run_dir / RESTORED,
+            tmp / RESTORED,
             {
-                "from": str(Path(tables_dir) / RECORDS / f"{t['cell']}.jsonl.gz"),
+                "from": str(source),
                 "note": "measurements only: this run's checkpoints were not kept; "
                 "delete this directory and re-run the atlas to train it again",
             },
         )
-        counts["restored"] += 1
-    return counts
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

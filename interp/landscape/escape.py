@@ -131,14 +131,15 @@ def gradient_fidelity(
     """How much of the float32 gradient the run's arithmetic keeps, at `model`'s weights on
     update `step`'s batch (training_gradient_norm's batch and loss).
 
-    grad_norm: training_gradient_norm (the run's arithmetic). cosine: between the run's gradient (its autocast, no loss scale) and the float32 one over
-    all parameters; rel_error: ||g - g32|| / ||g32||; norm_ratio: ||g|| / ||g32||. The output
-    gradient dL/dlogits of a mean over T targets is at most 1/T in size per entry (T = 16 x
-    1023 in the paper: 6.1e-5, float16's smallest normal number 2^-14): output_subnormal is
-    the fraction of its nonzero float32 entries below 2^-14 in size (subnormal, or zero, in
-    float16; the last position, which predicts nothing, has zeros),
-    output_rounding the relative error ||fp16(d) - d|| / ||d|| that storing it in float16
-    makes; both describe the float32 gradient, whatever the run's arithmetic. Under fp16
+    grad_norm: training_gradient_norm (the run's arithmetic). cosine: between the run's
+    gradient (its autocast, no loss scale) and the float32 one over all parameters;
+    rel_error: ||g - g32|| / ||g32||; norm_ratio: ||g|| / ||g32||. The output gradient
+    dL/dlogits of a mean over T targets is at most 1/T in size per entry (T = 16 x 1023 in
+    the paper: 6.1e-5, float16's smallest normal number 2^-14): output_subnormal is the
+    fraction of its nonzero float32 entries below 2^-14 in size (subnormal, or zero, in
+    float16; the last position, which predicts nothing, has zeros), output_rounding the
+    relative error ||fp16(d) - d|| / ||d|| that storing it in float16 makes; both describe
+    the float32 gradient, whatever the run's arithmetic. Under fp16
     also scaled_cosine, scaled_rel_error, scaled_norm_ratio: the same with the loss scaled by
     GRAD_SCALE (2^16, a GradScaler's first scale) in the backward pass."""
     from training.recipe import TrainConfig

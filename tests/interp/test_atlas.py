@@ -397,6 +397,7 @@ def check_records_carry_the_atlas_on(spec, out, tmp_path, run_cli):
         run_atlas(spec, elsewhere, config, workers=1, progress=False, restore=collected)
     assert not list(elsewhere.rglob("checkpoints"))  # nothing was trained
     assert len(list(elsewhere.rglob(RESTORED))) == 8
+    assert not list(elsewhere.rglob(".*.restoring-*"))  # each run renamed into place whole
     table = (collected / "atlas.csv").read_text().replace(str(out), str(elsewhere))
     assert (elsewhere / "atlas.csv").read_text() == table
     assert (elsewhere / "stages.png").stat().st_size > 0

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from interp.landscape import plot_precision_escape, precision_escape
+from interp.landscape.escape import FIDELITY
 from training.machine import cpu_model, vector_isa
 from training.runs import write_json_atomic, write_text_atomic
 from training.sweeps import load_spec, write_csv
@@ -40,6 +41,7 @@ def run_seed(seed: int, runs: Path, overrides: dict) -> dict:
     t0 = time.perf_counter()
     out = precision_escape(rc.chain, rc.model, rc.train, seed, runs / f"seed{seed}")
     out["wall_seconds"] = time.perf_counter() - t0
+    out["load_average"] = os.getloadavg()[0]  # at the end of the measurement
     return out
 
 
@@ -51,8 +53,7 @@ def rows_of(result: dict) -> list[dict]:
             rows.append(
                 {"seed": result["seed"], "arithmetic": name, "step": step}
                 | {"eval_loss": loss.get(step)}
-                | {k: c[k][i] for k in ("grad_norm", "cosine", "rel_error", "norm_ratio")}
-                | {k: c[k][i] for k in ("scaled_cosine", "output_subnormal", "output_rounding")}
+                | {k: c[k][i] for k in FIDELITY}
             )
     return rows
 
@@ -107,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
             write_json_atomic(path, result)
         plot_precision_escape(result, args.out / f"seed{seed}.png")
         rows += rows_of(result)
-        lines += summary_lines(result) + [f"- seed {seed}: {result['wall_seconds']:.0f} s wall"]
+        load = result.get("load_average")
+        lines += summary_lines(result) + [
+            f"- seed {seed}: {result['wall_seconds']:.0f} s wall"
+            + ("" if load is None else f", load average {load:.1f} at its end")
+        ]
     write_csv(args.out / "escape.csv", rows)
     md = "\n".join(
         [
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             f"`python docs/results/paper/precision/escape.py {' '.join(map(str, args.seeds))}`"
             + (f" with {overrides}" if overrides else "")
             + f"; {cpu_model()} ({vector_isa()}), torch {torch.__version__}, "
-            + f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f} at the end.",
+            + f"{torch.get_num_threads()} thread(s).",
             "",
             *lines,
             "",

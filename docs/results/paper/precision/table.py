@@ -5,8 +5,9 @@ of verdicts (the seeds are paired: the same init and batches in every arithmetic
 
     .venv/bin/python docs/results/paper/precision/table.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 
-Reads each SWEEP_DIR/sweep.json (the runs; one sweep per cell: spec.yaml tied, spec-untied.yaml) and each run's summary.json; writes DIR/table.md and
-DIR/table.csv (DIR defaults to this folder) and prints the markdown.
+Reads each SWEEP_DIR/sweep.json (the runs; one sweep per cell: spec.yaml tied,
+spec-untied.yaml) and each run's summary.json; writes DIR/table.md and DIR/table.csv (DIR
+defaults to this folder) and prints the markdown.
 """
 
 from __future__ import annotations
