@@ -22,7 +22,12 @@
  *
  * Queries are taken QB at a time and keys TILE at a time: every key and value vector loaded
  * serves QB queries, scores live in registers, the softmax uses a polynomial exp on whole
- * vectors, and out-of-band scores are masked to exactly 0. The backward recomputes the
+ * vectors, and out-of-band scores are masked to exactly 0. The probability-weighted sums
+ * (o = P V, dQ = dS K) take one of two loop orders per query block, whichever needs fewer
+ * vector operations (narrow_block): for a wide band, vectors over keys with one horizontal
+ * sum per query and head dim at the end; for a narrow one (a short window, or the first
+ * queries), one key at a time with vectors over the head dims, where those horizontal sums
+ * would cost more than the sums themselves. The backward recomputes the
  * probabilities from lse (as FlashAttention does) and accumulates dK^T, dV^T tile by tile in
  * the scratch; rows are independent, so OpenMP splits them without atomics.
  */
@@ -169,12 +174,57 @@ static void weighted_sums(const float *w, int64_t wstride, const float *bt, int6
     }
 }
 
+/* out[q, :] = factor[q] * sum_{j = lo..hi} w[q, j - lo] * b[j, :] for the block's queries, b
+ * row-major [N, D]: one key at a time, 4 head dims a vector (D is a multiple of 4), the
+ * block's QB accumulators in registers. Weights outside the band are exactly 0, so summing
+ * them in is exact. */
+typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
+
+static void weighted_sums_by_key(const float *w, int64_t wstride, const float *b, int64_t D,
+                                 int64_t lo, int64_t hi, int nq, float *out,
+                                 const float factor[QB]) {
+    for (int64_t dc = 0; dc < D; dc += 4) {
+        v4 acc[QB];
+        for (int q = 0; q < QB; q++) acc[q] = (v4){0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t j = lo; j <= hi; j++) {
+            v4 bj;
+            memcpy(&bj, b + j * D + dc, sizeof bj);
+            for (int q = 0; q < QB; q++) acc[q] += w[q * wstride + (j - lo)] * bj;
+        }
+        for (int q = 0; q < nq; q++) {
+            v4 r = acc[q] * factor[q];
+            memcpy(out + q * D + dc, &r, sizeof r);
+        }
+    }
+}
+
+/* Vector operations per query of the two loop orders of the weighted sums: key by key
+ * (keys x D / 4) against tile by tile (ntiles x D, plus a horizontal sum of 2 log2(TILE)
+ * operations per head dim). */
+static inline int narrow_block(int64_t keys, int64_t ntiles, int64_t D) {
+    int log2_tile = 0;
+    while ((1 << log2_tile) < TILE) log2_tile++;
+    return keys * (D / 4) <= ntiles * D + 2 * log2_tile * D;
+}
+
+/* Does any query block of a row of N take the tile-by-tile order (and need the key-major
+ * values)? */
+static int any_wide_block(int64_t N, int64_t D, int64_t window) {
+    for (int64_t i0 = 0; i0 < N; i0 += QB) {
+        const int64_t nq = N - i0 < QB ? N - i0 : QB;
+        const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
+        if (!narrow_block(hi - lo + 1, (hi - lo + TILE) / TILE, D)) return 1;
+    }
+    return 0;
+}
+
 static inline int64_t padded(int64_t N) { return (N + TILE - 1) / TILE * TILE + TILE; }
 
 void attention_forward(const float *q, const float *k, const float *v, float *o, float *lse,
                        int64_t R, int64_t N, int64_t D, int64_t window, float scale,
                        int threads) {
     const int64_t NP = padded(N);
+    const int wide = any_wide_block(N, D, window);
 #pragma omp parallel num_threads(threads)
     {
         FLUSH_DENORMALS
@@ -187,7 +237,7 @@ void attention_forward(const float *q, const float *k, const float *v, float *o,
             const float *qr = q + r * N * D;
             float *orow = o + r * N * D, *lr = lse + r * N;
             transpose_in(k + r * N * D, kt, N, NP, D);
-            transpose_in(v + r * N * D, vt, N, NP, D);
+            if (wide) transpose_in(v + r * N * D, vt, N, NP, D);
             for (int64_t i0 = 0; i0 < N; i0 += QB) {
                 const int nq = N - i0 < QB ? (int)(N - i0) : QB;
                 const int64_t lo = band_start(i0, window), hi = i0 + nq - 1;
@@ -225,7 +275,11 @@ void attention_forward(const float *q, const float *k, const float *v, float *o,
                     inv[qq] = 1.0f / total;
                     lr[i0 + qq] = m + logf(total);
                 }
-                weighted_sums(s, stride, vt, NP, D, lo, ntiles, nq, orow + i0 * D, inv);
+                if (narrow_block(hi - lo + 1, ntiles, D))
+                    weighted_sums_by_key(s, stride, v + r * N * D, D, lo, hi, nq, orow + i0 * D,
+                                         inv);
+                else
+                    weighted_sums(s, stride, vt, NP, D, lo, ntiles, nq, orow + i0 * D, inv);
             }
         }
         free(s);
@@ -297,7 +351,11 @@ void attention_backward(const float *q, const float *k, const float *v, const fl
                         storeu(dvp, av);
                     }
                 }
-                weighted_sums(ds, stride, kt, NP, D, lo, ntiles, nq, dqr + i0 * D, ones);
+                if (narrow_block(hi - lo + 1, ntiles, D))
+                    weighted_sums_by_key(ds, stride, k + r * N * D, D, lo, hi, nq, dqr + i0 * D,
+                                         ones);
+                else
+                    weighted_sums(ds, stride, kt, NP, D, lo, ntiles, nq, dqr + i0 * D, ones);
             }
             transpose_out(dkt, dk + r * N * D, N, NP, D);
             transpose_out(dvt, dv + r * N * D, N, NP, D);

@@ -65,7 +65,9 @@ MEASURE_ROWS = 32  # rows timed per shape class (the time is linear in rows for 
 class KernelBuild:
     """One compiled build of banded_attention.c: its -march, the register blocking it chose
     (``isa``: avx512 / avx2 / neon / portable; ``tile`` keys a vector, ``query_block``
-    queries, ``d_chunk`` head dims per accumulator block) and where it lives."""
+    queries, ``d_chunk`` head dims per accumulator block), which source it was built from
+    (``source``: the first 8 hex digits of the C file's SHA-256, so a changed kernel gives
+    another machine fingerprint) and where it lives."""
 
     lib: ctypes.CDLL = field(repr=False, compare=False)
     path: Path
@@ -74,11 +76,12 @@ class KernelBuild:
     tile: int
     query_block: int
     d_chunk: int
+    source: str
 
     def describe(self) -> str:
         return (
             f"{self.isa} build (-march={self.march}: {self.tile} keys a vector, "
-            f"{self.query_block} queries x {self.d_chunk} dims a block)"
+            f"{self.query_block} queries x {self.d_chunk} dims a block; source {self.source})"
         )
 
 
@@ -163,6 +166,7 @@ def load_kernel(march: str | None = None) -> KernelBuild | None:
                 lib.kernel_tile(),
                 lib.kernel_query_block(),
                 lib.kernel_d_chunk(),
+                hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8],
             )
             _status[march] = "loaded"
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:

@@ -12,7 +12,13 @@ import torch
 from markov_lens.cli import main
 from training.chains import BinaryChain
 from training.config import ModelConfig
-from training.experiments.presets import ARITHMETICS, EVAL_SEED, tying_specs, with_arithmetic
+from training.experiments.presets import (
+    ARITHMETICS,
+    EVAL_SEED,
+    phase_specs,
+    tying_specs,
+    with_arithmetic,
+)
 from training.recipe import TrainConfig
 from training.runs import load_run, read_json
 from training.stacked import Member
@@ -257,6 +263,63 @@ def test_the_precision_spec_is_the_tying_cell_in_four_arithmetics(tmp_path):
     assert names == {"fp32", "bf16", "fp16", "fp16-scaled"}
 
 
+def _arithmetics_by_cell(tasks) -> dict[tuple, dict[tuple, list[int]]]:
+    """(p, q, tie) -> (precision, grad_scaler) -> seeds, with each task's other train options
+    checked against the paper's recipe at the presets' shared eval_seed."""
+    cells: dict[tuple, dict[tuple, list[int]]] = {}
+    for t in tasks:
+        chain, model, train = (t.options[k] for k in ("chain", "model", "train"))
+        assert train["eval_seed"] == EVAL_SEED
+        key = (chain["p"], chain["q"], model["tie"])
+        arith = (train["precision"], train["grad_scaler"])
+        cells.setdefault(key, {}).setdefault(arith, []).append(t.seed)
+    return cells
+
+
+def test_the_untied_specs_hold_the_untied_cell_in_four_arithmetics(tmp_path):
+    (cell,) = [s for s in tying_specs("full", 10) if s["chain"] == {"p": 0.5, "q": 0.8}]
+    tasks = [
+        t
+        for name in ("spec-untied.yaml", "spec-untied-scaler-bf16.yaml")
+        for t in expand(load_spec(PRECISION_DIR / name), tmp_path / name)
+    ]
+    for t in tasks:
+        assert t.options["model"] == cell["model"] | {"tie": False}
+        rest = {
+            k: v for k, v in t.options["train"].items() if k not in ("precision", "grad_scaler")
+        }
+        assert rest == cell["train"]
+    (arithmetics,) = _arithmetics_by_cell(tasks).values()
+    expected = [("fp32", False), ("fp16", False), ("fp16", True), ("bf16", False)]
+    assert sorted(arithmetics) == sorted(expected)
+    assert all(seeds == list(range(10)) for seeds in arithmetics.values())
+
+
+def test_the_phase_spec_is_the_phase_diagrams_trap_cells_in_four_arithmetics(tmp_path):
+    preset = {
+        (s["chain"]["p"], s["chain"]["q"]): s for s in phase_specs("full", 10)
+    }  # tie: [True, False] in each
+    trap_cells = {(p, q) for p, q in preset if p + q > 1}
+    tasks = expand(load_spec(PRECISION_DIR / "spec-phase.yaml"), tmp_path)
+    assert len(tasks) == 10 * 4 * 10
+    cells = _arithmetics_by_cell(tasks)
+    assert {(p, q) for p, q, _ in cells} == trap_cells and len(trap_cells) == 10
+    assert all(tie for _, _, tie in cells)  # the paper's trap claim is for tied models
+    for t in tasks:
+        spec = preset[(t.options["chain"]["p"], t.options["chain"]["q"])]
+        rest = {
+            k: v for k, v in t.options["train"].items() if k not in ("precision", "grad_scaler")
+        }
+        assert rest == spec["train"]
+        assert {k: v for k, v in t.options["model"].items() if k != "tie"} == {
+            k: v for k, v in spec["model"].items() if k != "tie"
+        }
+    expected = [("fp32", False), ("fp16", False), ("fp16", True), ("bf16", False)]
+    for arithmetics in cells.values():
+        assert sorted(arithmetics) == sorted(expected)
+        assert all(seeds == list(range(10)) for seeds in arithmetics.values())
+
+
 def _table_module():
     spec = importlib.util.spec_from_file_location("precision_table", PRECISION_DIR / "table.py")
     module = importlib.util.module_from_spec(spec)
@@ -313,4 +376,22 @@ def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
     assert [r["arithmetic"] for r in both] == [
         "tied, p=0.5, q=0.8: fp32",
         "untied, p=0.5, q=0.8: fp32",
+    ]
+    # the cell-by-arithmetic pivot counts each cell's traps in each run's own arithmetic
+    done = {"status": "finished"}
+    runs = [
+        {"cell": c, "arithmetic": a, "seed": s, "summary": done | {"verdict": v}}
+        for c, a, s, v in [
+            ("A", "fp32", 0, "bigram"),
+            ("A", "fp16", 0, "unigram"),
+            ("A", "fp16", 1, "bigram"),
+            ("B", "fp16", 0, "unigram"),
+        ]
+    ]
+    runs.append({"cell": "B", "arithmetic": "fp32", "seed": 0, "summary": None})
+    for r in runs:
+        r["own_arithmetic"], r["arithmetic"] = r["arithmetic"], f"{r['cell']}: {r['arithmetic']}"
+    assert table.cell_table(runs) == [
+        {"cell": "A", "fp32": "0/1 [0.00, 0.79]", "fp16": "1/2 [0.09, 0.91]"},
+        {"cell": "B", "fp32": "", "fp16": "1/1 [0.21, 1.00]"},
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training import fused_attention
 from training.chains import BinaryChain, InContextChain, KthOrderChain
 from training.config import ModelConfig
 from training.model import MarkovTransformer
@@ -245,6 +246,11 @@ def test_metrics_have_the_documented_fields(tmp_path):
         assert key in summary, key
     assert summary["entropy_rate"] == pytest.approx(0.619, abs=1e-3)
     assert summary["unigram_loss"] == pytest.approx(0.666, abs=1e-3)
+    # what it was trained on: the fingerprint bit-identical claims are scoped to, with the
+    # attention kernel's build and source hash
+    assert summary["machine"] == fused_attention.fingerprint()
+    if fused_attention.kernel_status() == "loaded":
+        assert "source " in summary["machine"]["kernel"]
 
 
 # --------------------------------------------------------------------------- resume

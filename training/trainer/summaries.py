@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from training import fused_attention, machine
 from training.checkpoints import CheckpointError, read_checkpoint
 from training.model import MarkovTransformer
 from training.runs import CHECKPOINTS, LATEST, SUMMARY, step_dir_name, write_json_atomic
@@ -95,12 +96,23 @@ def stop_diverged(
     raise TrainingDiverged(message)
 
 
+def trained_on(device: torch.device | str) -> dict[str, Any]:
+    """The machine a run was trained on, as bit-identical results depend on it
+    (training.machine.fingerprint: CPU, flags hash, torch; on a CPU the attention kernel
+    build with its source hash, on CUDA the GPU's name)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return fused_attention.fingerprint()
+    return machine.fingerprint(None) | {"gpu": torch.cuda.get_device_name(device)}
+
+
 def finished_summary(
     metrics, refs, gap, chain, train_config, seed, wall_seconds, device, model
 ) -> dict:
     """The summary.json of a finished run: final metrics, the verdict (training.verdicts)
     and the plateau of `metrics`, its references, timing and setup. In-context runs also get
-    final_excess: the final eval loss minus each of the four in-context references (nats)."""
+    final_excess: the final eval loss minus each of the four in-context references (nats).
+    ``machine`` names what it was trained on (trained_on)."""
     last = metrics[-1]
     eval_targets = train_config.eval_batches * train_config.batch * (train_config.seq_len - 1)
     judged = summarise_metrics(
@@ -136,6 +148,7 @@ def finished_summary(
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
+        "machine": trained_on(device),
         "n_params": sum(p.numel() for p in model.parameters()),
         "chain": chain.to_dict(),
         "references": refs,

@@ -5,9 +5,11 @@ of verdicts (the seeds are paired: the same init and batches in every arithmetic
 
     .venv/bin/python docs/results/paper/precision/table.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 
-Reads each SWEEP_DIR/sweep.json (the runs; one sweep per cell: spec.yaml tied,
-spec-untied.yaml) and each run's summary.json; writes DIR/table.md and DIR/table.csv (DIR
-defaults to this folder) and prints the markdown.
+Reads each SWEEP_DIR/sweep.json (the runs: spec.yaml the tied cell, spec-untied.yaml and
+spec-untied-scaler-bf16.yaml the untied one, spec-phase.yaml the phase diagram's ten p+q > 1
+cells) and each run's summary.json; writes DIR/table.md and DIR/table.csv (DIR defaults to
+this folder) and prints the markdown. With more than one cell, table.md also holds a
+cell-by-arithmetic table of trap fractions (cell_table).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def read_sweeps(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
     runs = [r for d in sweep_dirs for r in read_runs(d)]
     if len({r["cell"] for r in runs}) > 1:
         for r in runs:
+            r["own_arithmetic"] = r["arithmetic"]
             r["arithmetic"] = f"{r['cell']}: {r['arithmetic']}"
     return runs
 
@@ -133,6 +136,29 @@ def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def cell_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells x arithmetics: the trap fraction of each cell's finished runs in each arithmetic,
+    with its Wilson 95% interval ('' where the cell has no finished run in it). The
+    arithmetic is each run's own (train section), whatever read_sweeps prefixed."""
+    names: list[str] = []
+    counts: dict[str, dict[str, list[int]]] = {}
+    for r in runs:
+        name = r.get("own_arithmetic", r["arithmetic"])
+        if name not in names:
+            names.append(name)
+        s = r["summary"]
+        if s and s.get("status") == "finished":
+            k_n = counts.setdefault(r["cell"], {}).setdefault(name, [0, 0])
+            k_n[0] += s["verdict"] == "unigram"
+            k_n[1] += 1
+    cells = list(dict.fromkeys(r["cell"] for r in runs))
+    return [
+        {"cell": cell}
+        | {n: fmt_fraction(*counts[cell][n]) if n in counts.get(cell, {}) else "" for n in names}
+        for cell in cells
+    ]
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir")
@@ -149,6 +175,11 @@ def main(argv: list[str] | None = None) -> str:
         "(training.stats). Exit step: plateau_exit_step, the first evaluation whose loss is "
         "below the midpoint of the unigram loss and the entropy rate ('-': never).\n\n"
         + markdown_table(table)
+        + (
+            "\n## Trap per cell and arithmetic (Wilson 95%)\n\n" + markdown_table(cell_table(runs))
+            if len({r["cell"] for r in runs}) > 1
+            else ""
+        )
         + "\n## Per seed (paired: the same init and batches in every arithmetic)\n\n"
         + markdown_table(seed_table(runs))
     )
