@@ -477,7 +477,10 @@ def test_changing_a_future_token_never_changes_earlier_logits(any_cfg):
     changed = model(batch)
     earlier = torch.arange(P)[None, :] < idx[:, None]  # [t, n]: n < t
     diff = (changed - base[None]).abs().amax(-1)
-    assert diff[earlier].max() <= 1e-6
+    # batch 1 and batch P are different shape classes, so `auto` may time them onto different
+    # attention paths (kernel or SDPA), which agree within float32 rounding (~1e-6); a token
+    # leaking backwards moves a logit by far more than 1e-5
+    assert diff[earlier].max() <= 1e-5
     assert (diff[idx, idx] > 1e-4).all()  # the changed position itself does see it
 
 
