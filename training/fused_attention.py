@@ -110,18 +110,21 @@ def _flags(compiler: str, march: str) -> list[str]:
     return [*CFLAGS, f"-march={march}", *wide]
 
 
-def _build(compiler: str, march: str = "native") -> Path:
-    """Compile the kernel into the cache (atomically: concurrent builds are harmless)."""
+def _build(compiler: str, march: str = "native") -> tuple[Path, str]:
+    """Compile the kernel into the cache (atomically: concurrent builds are harmless); the
+    library's path and the first 8 hex digits of its source's SHA-256."""
     probe = subprocess.run([compiler, "--version"], capture_output=True, text=True)
     if probe.returncode != 0:
         raise RuntimeError(f"the C compiler {compiler!r} does not run")
     flags = _flags(compiler, march)
+    source = SOURCE.read_text()
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(flags + LDFLAGS), probe.stdout, cpu_id()]).encode()
+        "\0".join([source, " ".join(flags + LDFLAGS), probe.stdout, cpu_id()]).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"banded_attention-{key}.so"
     if target.exists():
-        return target
+        return target, digest
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, out = Path(tmp) / "kernel.o", Path(tmp) / target.name
@@ -134,7 +137,7 @@ def _build(compiler: str, march: str = "native") -> Path:
                 errors = [ln for ln in proc.stderr.splitlines() if "error" in ln] or ["failed"]
                 raise RuntimeError(f"{compiler} {errors[0].strip()}")
         os.replace(out, target)
-    return target
+    return target, digest
 
 
 def load_kernel(march: str | None = None) -> KernelBuild | None:
@@ -151,7 +154,7 @@ def load_kernel(march: str | None = None) -> KernelBuild | None:
         try:
             if compiler is None:
                 raise RuntimeError("no C compiler (gcc or cc) on PATH")
-            path = _build(compiler, march)
+            path, source = _build(compiler, march)
             lib = ctypes.CDLL(str(path))
             i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
             lib.attention_forward.argtypes = [ptr] * 5 + [i64] * 4 + [f32, ctypes.c_int]
@@ -166,7 +169,7 @@ def load_kernel(march: str | None = None) -> KernelBuild | None:
                 lib.kernel_tile(),
                 lib.kernel_query_block(),
                 lib.kernel_d_chunk(),
-                hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:8],
+                source,
             )
             _status[march] = "loaded"
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
