@@ -7,6 +7,9 @@ read as "it happens for most seeds": held when the whole 95% Wilson interval of 
 of seeds for which it happened lies above 1/2, not held when the whole interval lies below
 1/2, undecided when the interval contains 1/2 (too few seeds to tell).
 
+``exact_mcnemar(b, c)``: the two-sided exact McNemar test for paired outcomes (e.g. the same
+seed in two arithmetics), from its discordant counts.
+
 ``finite(x)``: whether a value read from a record is a real number (not None, a bool, a
 string, nan or inf).
 """
@@ -43,6 +46,19 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     lo, hi = max(0.0, centre - half), min(1.0, centre + half)
     return (0.0 if k == 0 else lo), (1.0 if k == n else hi)  # exact at the edges
+
+
+def exact_mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes: b pairs where only the first
+    condition happened, c where only the second (concordant pairs do not count). Under the null
+    each discordant pair falls either way with probability 1/2, so
+    p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)]); 1 when there is no discordant pair.
+    E.g. 0 against 6 gives 2/64 = 0.031."""
+    if b < 0 or c < 0:
+        raise ValueError(f"need discordant counts >= 0, got b={b}, c={c}")
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def bootstrap_interval(

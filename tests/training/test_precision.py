@@ -395,3 +395,35 @@ def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
         {"cell": "A", "fp32": "0/1 [0.00, 0.79]", "fp16": "1/2 [0.09, 0.91]"},
         {"cell": "B", "fp32": "", "fp16": "1/1 [0.21, 1.00]"},
     ]
+
+
+def test_paired_table_pools_cells_by_seed_against_fp32():
+    # pairs need both runs finished; discordant pairs and the exact McNemar p come from them
+    table = _table_module()
+    done = {"status": "finished"}
+    runs = [
+        {"cell": c, "arithmetic": a, "seed": s, "summary": done | {"verdict": v}}
+        for c, a, s, v in [
+            ("A", "fp32", 0, "bigram"),
+            ("A", "fp16", 0, "unigram"),
+            ("A", "fp32", 1, "unigram"),
+            ("A", "fp16", 1, "unigram"),
+            ("B", "fp32", 0, "bigram"),
+            ("B", "fp16", 0, "unigram"),
+            ("B", "fp16", 1, "unigram"),  # no fp32 partner: not a pair
+        ]
+    ]
+    rows = table.paired_table(runs)
+    assert rows == [
+        {
+            "arithmetic": "fp16",
+            "pairs (cell, seed)": 3,
+            "cells": 2,
+            "trapped in fp32": "1/3 [0.06, 0.79]",
+            "trapped in it": "3/3 [0.44, 1.00]",
+            "only in fp32": 0,
+            "only in it": 2,
+            "exact McNemar p": "0.5",
+        }
+    ]
+    assert table.paired_table([r for r in runs if r["arithmetic"] == "fp32"]) == []

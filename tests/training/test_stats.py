@@ -10,6 +10,7 @@ import pytest
 from training.stats import (
     bootstrap_interval,
     claim_status,
+    exact_mcnemar,
     fmt_fraction,
     quartiles,
     wilson_interval,
@@ -68,3 +69,15 @@ def test_claim_status_reads_the_interval():
     assert claim_status(2, 3) == "undecided"
     assert claim_status(0, 0) == "no runs"
     assert fmt_fraction(0, 10) == "0/10 [0.00, 0.28]"
+
+
+def test_exact_mcnemar_known_values():
+    """Discordant pairs 0 vs 6: 2 / 2^6; symmetric; no discordant pair gives 1;
+    1 vs 9 -> 2 * (C(10,0) + C(10,1)) / 2^10."""
+    assert exact_mcnemar(0, 6) == pytest.approx(2 / 64)
+    assert exact_mcnemar(6, 0) == exact_mcnemar(0, 6)
+    assert exact_mcnemar(0, 0) == 1.0
+    assert exact_mcnemar(3, 3) == 1.0
+    assert exact_mcnemar(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    with pytest.raises(ValueError, match="b=-1"):
+        exact_mcnemar(-1, 2)

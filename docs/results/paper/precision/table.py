@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from training.runs import SUMMARY
-from training.stats import fmt_fraction, quartiles
+from training.stats import exact_mcnemar, fmt_fraction, quartiles
 from training.sweeps import markdown_table, write_csv
 
 HERE = Path(__file__).resolve().parent
@@ -159,6 +159,44 @@ def cell_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def paired_table(runs: list[dict[str, Any]], base: str = "fp32") -> list[dict[str, Any]]:
+    """Each arithmetic against `base`, paired by cell and seed (the same init and batches) and
+    pooled over the cells: the pairs where both runs finished, the traps in each, the
+    discordant pairs (trapped only in `base`, only in the other) and the exact McNemar p
+    (training.stats.exact_mcnemar). The arithmetic is each run's own, as in cell_table."""
+    trapped: dict[str, dict[tuple[str, int], bool]] = {}
+    for r in runs:
+        s = r["summary"]
+        if s and s.get("status") == "finished":
+            name = r.get("own_arithmetic", r["arithmetic"])
+            trapped.setdefault(name, {})[(r["cell"], r["seed"])] = s["verdict"] == "unigram"
+    rows = []
+    for name, other in trapped.items():
+        if name == base:
+            continue
+        pairs = [
+            (trapped.get(base, {})[key], t)
+            for key, t in other.items()
+            if key in trapped.get(base, {})
+        ]
+        n = len(pairs)
+        only_base = sum(a and not b for a, b in pairs)
+        only_other = sum(b and not a for a, b in pairs)
+        rows.append(
+            {
+                "arithmetic": name,
+                "pairs (cell, seed)": n,
+                "cells": len({key[0] for key in other if key in trapped.get(base, {})}),
+                f"trapped in {base}": fmt_fraction(sum(a for a, _ in pairs), n),
+                "trapped in it": fmt_fraction(sum(b for _, b in pairs), n),
+                f"only in {base}": only_base,
+                "only in it": only_other,
+                "exact McNemar p": f"{exact_mcnemar(only_base, only_other):.2g}",
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir")
@@ -178,6 +216,12 @@ def main(argv: list[str] | None = None) -> str:
         + (
             "\n## Trap per cell and arithmetic (Wilson 95%)\n\n" + markdown_table(cell_table(runs))
             if len({r["cell"] for r in runs}) > 1
+            else ""
+        )
+        + (
+            "\n## Paired against fp32, pooled over the cells (same cell, seed, init and batches)"
+            "\n\n" + markdown_table(paired)
+            if (paired := paired_table(runs))
             else ""
         )
         + "\n## Per seed (paired: the same init and batches in every arithmetic)\n\n"
