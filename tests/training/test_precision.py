@@ -427,3 +427,22 @@ def test_paired_table_pools_cells_by_seed_against_fp32():
         }
     ]
     assert table.paired_table([r for r in runs if r["arithmetic"] == "fp32"]) == []
+
+
+def test_seed_table_has_a_row_per_cell_and_seed_when_there_are_several_cells():
+    table = _table_module()
+    done = {"status": "finished"}
+    runs = [
+        {"cell": c, "arithmetic": f"{c}: {a}", "own_arithmetic": a, "seed": s, "summary": sm}
+        for c, a, s, sm in [
+            ("B", "fp32", 1, done | {"verdict": "bigram", "plateau_exit_step": 40}),
+            ("A", "fp32", 0, None),
+            ("B", "fp16", 1, done | {"verdict": "unigram"}),
+            ("B", "fp32", 0, {"status": "diverged"}),
+        ]
+    ]
+    assert table.seed_table(runs) == [
+        {"cell": "B", "seed": 0, "fp32": "diverged", "fp16": ""},
+        {"cell": "B", "seed": 1, "fp32": "bigram @ 40", "fp16": "unigram @ -"},
+        {"cell": "A", "seed": 0, "fp32": "not run", "fp16": ""},
+    ]

@@ -119,9 +119,11 @@ def precision_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seeds x arithmetics: each run's verdict and plateau exit step ('verdict @ step')."""
-    names = list(dict.fromkeys(r["arithmetic"] for r in runs))
-    cells: dict[int, dict[str, str]] = {}
+    """Seeds x arithmetics: each run's verdict and plateau exit step ('verdict @ step'); with
+    more than one cell, one row per cell and seed, the columns each run's own arithmetic."""
+    cells = list(dict.fromkeys(r.get("cell") for r in runs))
+    names = list(dict.fromkeys(r.get("own_arithmetic", r["arithmetic"]) for r in runs))
+    texts: dict[tuple[int, int], dict[str, str]] = {}
     for r in runs:
         s = r["summary"]
         if s is None:
@@ -130,9 +132,13 @@ def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = s.get("status", "?")
         else:
             text = f"{s['verdict']} @ {_step(s.get('plateau_exit_step'))}"
-        cells.setdefault(r["seed"], {})[r["arithmetic"]] = text
+        key = (cells.index(r.get("cell")), r["seed"])
+        texts.setdefault(key, {})[r.get("own_arithmetic", r["arithmetic"])] = text
     return [
-        {"seed": seed} | {n: row.get(n, "") for n in names} for seed, row in sorted(cells.items())
+        ({"cell": cells[c]} if len(cells) > 1 else {})
+        | {"seed": seed}
+        | {n: texts[c, seed].get(n, "") for n in names}
+        for c, seed in sorted(texts)
     ]
 
 
