@@ -360,6 +360,15 @@ def test_the_precision_table_counts_traps_with_wilson_intervals():
     assert table.arithmetic_name({"precision": "fp16", "tf32": True}) == "fp16 + TF32"
 
 
+def _finished_runs(rows: list[tuple[str, str, int, str]]) -> list[dict]:
+    """Table records of finished runs from (cell, arithmetic, seed, verdict)."""
+    done = {"status": "finished"}
+    return [
+        {"cell": c, "arithmetic": a, "seed": s, "summary": done | {"verdict": v}}
+        for c, a, s, v in rows
+    ]
+
+
 def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
     table = _table_module()
     for tie in (True, False):
@@ -378,16 +387,14 @@ def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
         "untied, p=0.5, q=0.8: fp32",
     ]
     # the cell-by-arithmetic pivot counts each cell's traps in each run's own arithmetic
-    done = {"status": "finished"}
-    runs = [
-        {"cell": c, "arithmetic": a, "seed": s, "summary": done | {"verdict": v}}
-        for c, a, s, v in [
+    runs = _finished_runs(
+        [
             ("A", "fp32", 0, "bigram"),
             ("A", "fp16", 0, "unigram"),
             ("A", "fp16", 1, "bigram"),
             ("B", "fp16", 0, "unigram"),
         ]
-    ]
+    )
     runs.append({"cell": "B", "arithmetic": "fp32", "seed": 0, "summary": None})
     for r in runs:
         r["own_arithmetic"], r["arithmetic"] = r["arithmetic"], f"{r['cell']}: {r['arithmetic']}"
@@ -400,10 +407,8 @@ def test_the_precision_table_names_the_cell_when_sweeps_hold_several(tmp_path):
 def test_paired_table_pools_cells_by_seed_against_fp32():
     # pairs need both runs finished; discordant pairs and the exact McNemar p come from them
     table = _table_module()
-    done = {"status": "finished"}
-    runs = [
-        {"cell": c, "arithmetic": a, "seed": s, "summary": done | {"verdict": v}}
-        for c, a, s, v in [
+    runs = _finished_runs(
+        [
             ("A", "fp32", 0, "bigram"),
             ("A", "fp16", 0, "unigram"),
             ("A", "fp32", 1, "unigram"),
@@ -412,7 +417,7 @@ def test_paired_table_pools_cells_by_seed_against_fp32():
             ("B", "fp16", 0, "unigram"),
             ("B", "fp16", 1, "unigram"),  # no fp32 partner: not a pair
         ]
-    ]
+    )
     rows = table.paired_table(runs)
     assert rows == [
         {

@@ -74,6 +74,11 @@ def read_sweeps(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def own_arithmetic(run: dict[str, Any]) -> str:
+    """The run's arithmetic without the cell that read_sweeps may have prefixed."""
+    return run.get("own_arithmetic", run["arithmetic"])
+
+
 def _step(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -122,7 +127,7 @@ def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seeds x arithmetics: each run's verdict and plateau exit step ('verdict @ step'); with
     more than one cell, one row per cell and seed, the columns each run's own arithmetic."""
     cells = list(dict.fromkeys(r.get("cell") for r in runs))
-    names = list(dict.fromkeys(r.get("own_arithmetic", r["arithmetic"]) for r in runs))
+    names = list(dict.fromkeys(own_arithmetic(r) for r in runs))
     texts: dict[tuple[int, int], dict[str, str]] = {}
     for r in runs:
         s = r["summary"]
@@ -133,7 +138,7 @@ def seed_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             text = f"{s['verdict']} @ {_step(s.get('plateau_exit_step'))}"
         key = (cells.index(r.get("cell")), r["seed"])
-        texts.setdefault(key, {})[r.get("own_arithmetic", r["arithmetic"])] = text
+        texts.setdefault(key, {})[own_arithmetic(r)] = text
     return [
         ({"cell": cells[c]} if len(cells) > 1 else {})
         | {"seed": seed}
@@ -149,7 +154,7 @@ def cell_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names: list[str] = []
     counts: dict[str, dict[str, list[int]]] = {}
     for r in runs:
-        name = r.get("own_arithmetic", r["arithmetic"])
+        name = own_arithmetic(r)
         if name not in names:
             names.append(name)
         s = r["summary"]
@@ -174,17 +179,15 @@ def paired_table(runs: list[dict[str, Any]], base: str = "fp32") -> list[dict[st
     for r in runs:
         s = r["summary"]
         if s and s.get("status") == "finished":
-            name = r.get("own_arithmetic", r["arithmetic"])
+            name = own_arithmetic(r)
             trapped.setdefault(name, {})[(r["cell"], r["seed"])] = s["verdict"] == "unigram"
+    paired_with = trapped.get(base, {})
     rows = []
     for name, other in trapped.items():
         if name == base:
             continue
-        pairs = [
-            (trapped.get(base, {})[key], t)
-            for key, t in other.items()
-            if key in trapped.get(base, {})
-        ]
+        keys = [key for key in other if key in paired_with]
+        pairs = [(paired_with[key], other[key]) for key in keys]
         n = len(pairs)
         only_base = sum(a and not b for a, b in pairs)
         only_other = sum(b and not a for a, b in pairs)
@@ -192,7 +195,7 @@ def paired_table(runs: list[dict[str, Any]], base: str = "fp32") -> list[dict[st
             {
                 "arithmetic": name,
                 "pairs (cell, seed)": n,
-                "cells": len({key[0] for key in other if key in trapped.get(base, {})}),
+                "cells": len({cell for cell, _ in keys}),
                 f"trapped in {base}": fmt_fraction(sum(a for a, _ in pairs), n),
                 "trapped in it": fmt_fraction(sum(b for _, b in pairs), n),
                 f"only in {base}": only_base,
